@@ -1,0 +1,3 @@
+from vision_agent.cli import main
+
+raise SystemExit(main())

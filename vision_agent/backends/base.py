@@ -1,0 +1,50 @@
+"""The Backend protocol: one generation at a time, streamed as text deltas then a final summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Union
+
+from vision_agent.messages import Message
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[Message]
+    temperature: float = 0.2
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images_encoded: int = 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: Literal["stop", "length"]
+    usage: Usage
+
+
+Chunk = Union[TextDelta, Finished]
+
+
+class Backend(Protocol):
+    """Turns messages into a token stream. Implementations serialise calls with a lock."""
+
+    label: str
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]: ...
+
+    def close(self) -> None: ...

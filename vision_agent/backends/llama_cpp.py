@@ -1,0 +1,237 @@
+"""The llama.cpp backend: a GGUF text model plus its mmproj, driven through libmtmd.
+
+Prompt evaluation is ours (chunk by chunk through libmtmd); sampling and detokenisation reuse
+llama-cpp-python's create_completion on the evaluated prompt, exactly as its MTMDChatHandler does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Iterator
+
+from vision_agent.backends import llama_log
+from vision_agent.backends.base import Chunk, Finished, GenerationRequest, TextDelta, Usage
+from vision_agent.catalog import ResolvedModel
+from vision_agent.chat_format import choose_template, render_prompt
+from vision_agent.config import ModelSettings
+from vision_agent.errors import BackendError, ContextOverflowError, ModelFileError, ModelMismatchError
+from vision_agent.gguf_info import check_pair, read_summary
+from vision_agent.messages import ImagePart
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class LlamaCppBackend:
+    def __init__(self, model: ResolvedModel, settings: ModelSettings):
+        text_info = read_summary(model.text)
+        if model.mmproj is None:
+            raise ModelFileError(f"no projector for {model.text}: pass --mmproj PATH")
+        mmproj_info = read_summary(model.mmproj)
+        check_pair(text_info, mmproj_info)
+
+        llama_log.install()
+        import llama_cpp
+
+        self.label = model.label
+        self.text_info, self.mmproj_info = text_info, mmproj_info
+        n_gpu_layers = settings.n_gpu_layers
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if gpu_offload_supported() else 0
+        self.n_gpu_layers = n_gpu_layers
+        self._lock = threading.Lock()
+        try:
+            self.llama = llama_cpp.Llama(
+                model_path=str(model.text),
+                n_ctx=settings.n_ctx,
+                n_batch=settings.n_batch,
+                n_threads=settings.n_threads,
+                n_gpu_layers=n_gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(
+                f"llama.cpp could not load {model.text}: {llama_log.last_error(str(exc))}"
+            ) from None
+        self._mtmd = self._init_mtmd(str(model.mmproj), settings)
+        self.template = choose_template(model.chat_format, text_info.chat_template)
+
+    def _init_mtmd(self, mmproj_path: str, settings: ModelSettings):
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd_cpp
+
+        params = mtmd_cpp.mtmd_context_params_default()
+        params.use_gpu = settings.mmproj_offload
+        params.print_timings = False
+        params.n_threads = self.llama.n_threads
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if self.llama.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ctx = mtmd_cpp.mtmd_init_from_file(mmproj_path.encode(), self.llama.model, params)
+        if not ctx:
+            self.llama.close()
+            raise ModelMismatchError(
+                f"llama.cpp could not use projector {mmproj_path} with this model: "
+                f"{llama_log.last_error('unknown error')}"
+            )
+        if not mtmd_cpp.mtmd_support_vision(ctx):
+            mtmd_cpp.mtmd_free(ctx)
+            self.llama.close()
+            raise ModelMismatchError(f"projector {mmproj_path} has no vision support")
+        self.media_marker = mtmd_cpp.mtmd_default_marker().decode("utf-8")
+        return ctx
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def render(self, request: GenerationRequest) -> str:
+        llama = self.llama
+        try:
+            return render_prompt(
+                request.messages,
+                self.template,
+                media_marker=self.media_marker,
+                bos_token=_piece(llama.detokenize([llama.token_bos()])),
+                eos_token=_piece(llama.detokenize([llama.token_eos()])),
+            )
+        except Exception as exc:  # a template may raise anything
+            raise BackendError(f"the chat template failed: {exc}") from None
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        with self._lock:
+            yield from self._generate_locked(request)
+
+    def _generate_locked(self, request: GenerationRequest) -> Iterator[Chunk]:
+        llama = self.llama
+        images = [part for message in request.messages for part in message.images]
+        prompt_text = self.render(request)
+        images_encoded = self._evaluate_prompt(prompt_text, images)
+        prompt = llama.input_ids[: llama.n_tokens].tolist()
+        prompt_len = len(prompt)
+
+        stream = llama.create_completion(
+            prompt=prompt,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+            stop=list(request.stop),
+            # The rest as llama-cpp-python's create_chat_completion passes them to its handlers.
+            top_k=40,
+            min_p=0.05,
+            typical_p=1.0,
+            repeat_penalty=1.0,
+            stream=True,
+        )
+        reason = "length"
+        try:
+            for piece in stream:
+                choice = piece["choices"][0]
+                if choice["text"]:
+                    yield TextDelta(choice["text"])
+                if choice.get("finish_reason"):
+                    reason = choice["finish_reason"]
+        finally:
+            stream.close()
+        usage = Usage(
+            prompt_tokens=prompt_len,
+            # The last sampled token is never evaluated, hence the + 1.
+            completion_tokens=max(0, llama.n_tokens - prompt_len + 1),
+            images_encoded=images_encoded,
+        )
+        yield Finished(reason="stop" if reason == "stop" else "length", usage=usage)
+
+    def _evaluate_prompt(self, text: str, images: list[ImagePart]) -> int:
+        """Tokenise text + images with libmtmd and evaluate every chunk from position 0."""
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd_cpp
+
+        llama = self.llama
+        bitmaps = [_bitmap(image) for image in images]
+        chunks = mtmd_cpp.mtmd_input_chunks_init()
+        try:
+            input_text = mtmd_cpp.mtmd_input_text()
+            encoded = text.encode("utf-8")
+            input_text.text = encoded
+            input_text.text_len = len(encoded)
+            input_text.add_special = True
+            input_text.parse_special = True
+            array = (mtmd_cpp.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
+            status = mtmd_cpp.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(input_text), array, len(bitmaps))
+            if status != 0:
+                raise BackendError(
+                    f"libmtmd could not tokenise the prompt (code {status}): "
+                    f"{llama_log.last_error('image/marker mismatch or image preprocessing error')}"
+                )
+            n_pos = mtmd_cpp.mtmd_helper_get_n_pos(chunks)
+            if n_pos + 1 >= llama.n_ctx():
+                raise ContextOverflowError(self._overflow_message(n_pos, len(images)))
+
+            llama.reset()
+            llama._ctx.kv_cache_clear()
+            encoded_images = 0
+            for index in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, index)
+                kind = mtmd_cpp.mtmd_input_chunk_get_type(chunk)
+                if kind == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                    count = ctypes.c_size_t()
+                    tokens = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                    if count.value:
+                        llama.eval([tokens[i] for i in range(count.value)])
+                else:
+                    new_n_past = llama_cpp.llama_pos(0)
+                    status = mtmd_cpp.mtmd_helper_eval_chunk_single(
+                        self._mtmd,
+                        llama._ctx.ctx,
+                        chunk,
+                        llama_cpp.llama_pos(llama.n_tokens),
+                        llama_cpp.llama_seq_id(0),
+                        llama.n_batch,
+                        False,
+                        ctypes.byref(new_n_past),
+                    )
+                    if status != 0:
+                        raise BackendError(
+                            f"llama.cpp failed to evaluate an image (code {status}): {llama_log.last_error()}"
+                        )
+                    llama.n_tokens = new_n_past.value
+                    encoded_images += 1
+            return encoded_images
+        finally:
+            mtmd_cpp.mtmd_input_chunks_free(chunks)
+            for bitmap in bitmaps:
+                mtmd_cpp.mtmd_bitmap_free(bitmap)
+
+    def _overflow_message(self, n_tokens: int, n_images: int) -> str:
+        return (
+            f"prompt too long: {n_tokens} tokens ({n_images} image(s) included) do not fit the "
+            f"{self.llama.n_ctx()}-token context; raise --ctx or send fewer or smaller images"
+        )
+
+    def close(self) -> None:
+        import llama_cpp.mtmd_cpp as mtmd_cpp
+
+        if self._mtmd:
+            mtmd_cpp.mtmd_free(self._mtmd)
+            self._mtmd = None
+        self.llama.close()
+
+
+def _bitmap(image: ImagePart):
+    import llama_cpp.mtmd_cpp as mtmd_cpp
+
+    data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
+    bitmap = mtmd_cpp.mtmd_bitmap_init(image.width, image.height, data)
+    if not bitmap:
+        raise BackendError(f"libmtmd refused image {image.source or image.sha256[:12]}")
+    mtmd_cpp.mtmd_bitmap_set_id(bitmap, image.sha256.encode())
+    return bitmap
+
+
+def _piece(piece) -> str:
+    return piece.decode("utf-8", errors="ignore") if isinstance(piece, bytes) else str(piece)

@@ -1,0 +1,151 @@
+"""Settings: defaults < config file < environment (VISION_AGENT_...) < command-line flags.
+
+Built once in the entry point and passed down. Unknown keys anywhere are an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from vision_agent.errors import ConfigError
+
+ChatFormat = Literal["auto", "gguf", "vicuna", "mistral", "chatml"]
+CONFIG_FILE_NAME = "vision-agent.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    name: str | None = Field(None, description="catalog name, path to a text GGUF, or replay:FILE")
+    mmproj: Path | None = None
+    chat_format: ChatFormat = "auto"
+    n_ctx: int = Field(4096, ge=64)
+    n_batch: int = Field(512, ge=1)
+    n_threads: int | None = Field(None, ge=1)
+    n_gpu_layers: int | None = Field(None, ge=-1, description="None: all layers when the build can offload")
+    mmproj_offload: bool = True
+    models_dir: Path | None = None
+
+
+class GenerationSettings(_Section):
+    temperature: float = Field(0.2, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1)
+    seed: int | None = None
+    stop: list[str] = []
+
+
+class ImageSettings(_Section):
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)
+
+
+class AgentSettings(_Section):
+    system_prompt: str | None = Field(None, description="None: prompts/system.txt; empty: no system message")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VISION_AGENT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    model: ModelSettings = ModelSettings()
+    generation: GenerationSettings = GenerationSettings()
+    images: ImageSettings = ImageSettings()
+    agent: AgentSettings = AgentSettings()
+    verbose: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest first: flags (init values), environment, then the config file (see load_settings).
+        return (init_settings, env_settings, _FileSource(settings_cls, cls._file_values))
+
+    _file_values: ClassVar[dict[str, Any]] = {}
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field, field_name):  # required by the base class; unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._values
+
+
+def default_config_path() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("vision-agent")) / CONFIG_FILE_NAME
+
+
+def load_settings(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build Settings. An explicit config path must exist; the default one is optional."""
+    file_values: dict[str, Any] = {}
+    path = Path(config_path) if config_path else default_config_path()
+    if config_path or path.is_file():
+        file_values = read_toml(path)
+    _check_env_keys()
+    # A subclass per call carries this file's values into the source chain without global state.
+    bound = type("Settings", (Settings,), {"_file_values": file_values})
+    try:
+        return bound(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path if file_values else None)) from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
+
+
+def _check_env_keys() -> None:
+    """pydantic-settings ignores unknown VISION_AGENT_* variables; a typo there should not pass silently."""
+    known = {"VISION_AGENT_VERBOSE"}
+    for section, model in Settings.model_fields.items():
+        if isinstance(model.default, BaseModel):
+            known.update(
+                f"VISION_AGENT_{section}__{name}".upper() for name in type(model.default).model_fields
+            )
+            known.add(f"VISION_AGENT_{section}".upper())
+    for name in os.environ:
+        if name.startswith("VISION_AGENT_") and name.upper() not in known:
+            raise ConfigError(f"environment variable {name}: unknown setting")
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    where = f"config file {path}: " if path else "settings: "
+    if error["type"] == "extra_forbidden":
+        return f"{where}unknown key '{key}'"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}{key}: {error['msg']}{more}"
