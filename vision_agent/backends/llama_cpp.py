@@ -107,12 +107,19 @@ class LlamaCppBackend:
             yield from self._generate_locked(request)
 
     def _generate_locked(self, request: GenerationRequest) -> Iterator[Chunk]:
+        import llama_cpp
+
         llama = self.llama
         images = [part for message in request.messages for part in message.images]
         prompt_text = self.render(request)
         images_encoded = self._evaluate_prompt(prompt_text, images)
         prompt = llama.input_ids[: llama.n_tokens].tolist()
         prompt_len = len(prompt)
+        limit = prompt_len + request.max_tokens
+        # llama-cpp-python skips its own max_tokens check while a multi-byte character is incomplete
+        # (byte-fallback tokens), so we enforce the cap as a stopping criterion; the criterion sees the
+        # tokens evaluated so far, which trail the tokens sampled by one.
+        cap = llama_cpp.StoppingCriteriaList([lambda ids, _logits: len(ids) >= limit])
 
         stream = llama.create_completion(
             prompt=prompt,
@@ -126,6 +133,7 @@ class LlamaCppBackend:
             min_p=0.05,
             typical_p=1.0,
             repeat_penalty=1.0,
+            stopping_criteria=cap,
             stream=True,
         )
         reason = "length"
@@ -138,10 +146,12 @@ class LlamaCppBackend:
                     reason = choice["finish_reason"]
         finally:
             stream.close()
+        if llama.n_tokens >= limit:
+            reason = "length"
         usage = Usage(
             prompt_tokens=prompt_len,
-            # The last sampled token is never evaluated, hence the + 1.
-            completion_tokens=max(0, llama.n_tokens - prompt_len + 1),
+            # Tokens sampled: the last one is never evaluated, hence the + 1.
+            completion_tokens=min(request.max_tokens, max(0, llama.n_tokens - prompt_len + 1)),
             images_encoded=images_encoded,
         )
         yield Finished(reason="stop" if reason == "stop" else "length", usage=usage)

@@ -1,0 +1,72 @@
+"""Replays scripted assistant turns through the real Backend interface (tests, demos, UI work).
+
+Script file: JSON (a list of strings, or {"turns": [...]}) or plain text with turns separated by a
+line holding only `---`. Each turn streams word by word; stop strings and max_tokens are honoured.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from vision_agent.backends.base import Chunk, Finished, GenerationRequest, TextDelta, Usage
+from vision_agent.errors import BackendError, ModelFileError
+
+_PIECES = re.compile(r"\s*\S+|\s+")
+
+
+def parse_script(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelFileError(f"replay script {path}: cannot read ({exc.strerror})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"replay script {path}: invalid JSON ({exc})") from None
+        turns = data.get("turns") if isinstance(data, dict) else data
+        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+            raise ModelFileError(f"replay script {path}: expected a list of strings or {{\"turns\": [...]}}")
+        return turns
+    return [turn.strip("\n") for turn in re.split(r"^---[ \t]*$", text, flags=re.MULTILINE)]
+
+
+class ReplayBackend:
+    def __init__(self, turns: list[str], label: str = "replay"):
+        self.label = label
+        self.turns = list(turns)
+        self.requests: list[GenerationRequest] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: Path) -> ReplayBackend:
+        return cls(parse_script(path), label=f"replay:{path}")
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        with self._lock:
+            index = len(self.requests)
+            self.requests.append(request)
+            if index >= len(self.turns):
+                raise BackendError(f"replay script exhausted: it has {len(self.turns)} turn(s)")
+            text, reason = _apply_stop(self.turns[index], request.stop)
+            pieces = _PIECES.findall(text)
+            if len(pieces) > request.max_tokens:
+                pieces, reason = pieces[: request.max_tokens], "length"
+            for piece in pieces:
+                yield TextDelta(piece)
+            images = sum(len(m.images) for m in request.messages)
+            prompt_words = sum(len(m.text.split()) for m in request.messages)
+            usage = Usage(prompt_tokens=prompt_words, completion_tokens=len(pieces), images_encoded=images)
+            yield Finished(reason=reason, usage=usage)
+
+    def close(self) -> None:
+        pass
+
+
+def _apply_stop(text: str, stops: list[str]) -> tuple[str, str]:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return (text[:cut], "stop") if cut >= 0 else (text, "stop")

@@ -1,0 +1,65 @@
+"""The one stream of typed events that every front end renders or serialises."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+
+class ImageRef(BaseModel):
+    sha256: str
+    width: int
+    height: int
+    source: str = ""
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images_encoded: int = 0
+
+
+class ErrorInfo(BaseModel):
+    kind: str
+    message: str
+    exit_code: int
+
+
+class RunStarted(BaseModel):
+    type: Literal["run_started"] = "run_started"
+    model: str
+    prompt: str
+    images: list[ImageRef] = []
+
+
+class Token(BaseModel):
+    type: Literal["token"] = "token"
+    text: str
+    part: Literal["thought", "answer"] = "answer"
+
+
+class Answer(BaseModel):
+    type: Literal["answer"] = "answer"
+    text: str
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class Done(BaseModel):
+    type: Literal["done"] = "done"
+    status: Literal["ok", "max_steps", "cancelled", "error"]
+    steps: int = 0
+    usage: UsageInfo = UsageInfo()
+    error: ErrorInfo | None = None
+
+
+Event = Annotated[Union[RunStarted, Token, Answer, Done], Field(discriminator="type")]
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def to_json(event: Event) -> str:
+    return event.model_dump_json()
+
+
+def from_json(line: str) -> Event:
+    return _adapter.validate_json(line)
