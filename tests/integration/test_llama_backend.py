@@ -1,0 +1,161 @@
+"""The real llama.cpp path on the generated demo pair (no mocks)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from vision_agent.backends.base import Finished, GenerationRequest, TextDelta
+from vision_agent.backends.llama_cpp import LlamaCppBackend
+from vision_agent.catalog import ResolvedModel
+from vision_agent.config import ModelSettings
+from vision_agent.errors import ContextOverflowError, ModelFileError, ModelMismatchError
+from vision_agent.images import encode_png, read_image_file
+from vision_agent.messages import Message
+
+LIMITS = {"max_bytes": 10**8, "max_pixels": 10**8}
+
+
+@pytest.fixture(scope="module")
+def backend(demo_pair):
+    text, mmproj = demo_pair
+    backend = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=1024))
+    yield backend
+    backend.close()
+
+
+def generate(backend, messages, **options):
+    chunks = list(backend.generate(GenerationRequest(messages=messages, **options)))
+    assert isinstance(chunks[-1], Finished) and all(isinstance(c, TextDelta) for c in chunks[:-1])
+    return "".join(c.text for c in chunks[:-1]), chunks[-1], len(chunks) - 1
+
+
+def test_loads_and_streams_token_by_token(backend, red_png):
+    image = read_image_file(red_png, **LIMITS)
+    text, finished, n_deltas = generate(backend, [Message.user("Describe it.", [image])], temperature=0, max_tokens=24)
+    assert n_deltas > 1 and text
+    assert finished.usage.images_encoded == 1
+    assert finished.usage.prompt_tokens > 16  # 16 image tokens plus the text
+    assert 0 < finished.usage.completion_tokens <= 24
+
+
+def test_max_tokens_is_a_hard_cap(backend, red_png):
+    image = read_image_file(red_png, **LIMITS)
+    long, _, _ = generate(backend, [Message.user("Describe it.", [image])], temperature=0, max_tokens=40)
+    for cap in (1, 3, 7):
+        _, finished, _ = generate(backend, [Message.user("Describe it.", [image])], temperature=0, max_tokens=cap)
+        assert finished.usage.completion_tokens <= cap
+        assert finished.reason == "length" or len(long) == 0
+
+
+def test_stop_string_cuts_the_answer(backend, red_png):
+    image = read_image_file(red_png, **LIMITS)
+    messages = [Message.user("Describe it.", [image])]
+    full, _, _ = generate(backend, messages, temperature=0, max_tokens=48)
+    words = [w for w in full.split() if w.isalpha() and full.index(w) > 0]
+    assert words, f"demo model produced too little text to test stops: {full!r}"
+    stop = words[len(words) // 2]
+    cut, finished, _ = generate(backend, messages, temperature=0, max_tokens=48, stop=[stop])
+    assert cut == full[: full.index(stop)]
+    assert finished.reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible(backend, red_png):
+    image = read_image_file(red_png, **LIMITS)
+    messages = [Message.user("Describe it.", [image])]
+    a = generate(backend, messages, temperature=1.0, seed=42, max_tokens=16)[0]
+    b = generate(backend, messages, temperature=1.0, seed=42, max_tokens=16)[0]
+    assert a == b
+
+
+def test_two_images_in_one_prompt(backend, red_png, blue_png):
+    red, blue = read_image_file(red_png, **LIMITS), read_image_file(blue_png, **LIMITS)
+    _, finished, _ = generate(backend, [Message.user("Compare them.", [red, blue])], temperature=0, max_tokens=8)
+    assert finished.usage.images_encoded == 2
+    _, one, _ = generate(backend, [Message.user("Compare them.", [red])], temperature=0, max_tokens=8)
+    assert finished.usage.prompt_tokens == one.usage.prompt_tokens + 16
+
+
+def mtmd_handler_answer(demo_pair, messages_openai, max_tokens, n_ctx=1024):
+    """What llama-cpp-python's own MTMDChatHandler answers, greedily, for the same input."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import MTMDChatHandler
+
+    text, mmproj = demo_pair
+    llama = Llama(
+        model_path=str(text), chat_handler=MTMDChatHandler(clip_model_path=str(mmproj), verbose=False),
+        n_ctx=n_ctx, verbose=False,
+    )
+    try:
+        result = llama.create_chat_completion(messages=messages_openai, temperature=0, max_tokens=max_tokens)
+        return result["choices"][0]["message"]["content"], result["usage"]["completion_tokens"]
+    finally:
+        llama.close()
+
+
+def data_url(image) -> dict:
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()}}
+
+
+@pytest.mark.parametrize("prompt", ["What is in this picture?", "Describe the colours.", "Is there text?"])
+def test_greedy_output_equals_mtmd_chat_handler(backend, demo_pair, red_png, blue_png, prompt):
+    red, blue = read_image_file(red_png, **LIMITS), read_image_file(blue_png, **LIMITS)
+    for images in ([red], [red, blue]):
+        theirs, n_theirs = mtmd_handler_answer(
+            demo_pair, [{"role": "user", "content": [*map(data_url, images), {"type": "text", "text": prompt}]}], 32
+        )
+        # llama-cpp-python can overshoot max_tokens on byte-fallback tokens, so compare at its own length.
+        ours, _, _ = generate(backend, [Message.user(prompt, images)], temperature=0, max_tokens=n_theirs)
+        assert ours == theirs
+
+
+def test_greedy_multi_turn_with_system_equals_mtmd_chat_handler(backend, demo_pair, red_png):
+    red = read_image_file(red_png, **LIMITS)
+    messages = [
+        Message.system("You are terse."),
+        Message.user("What is it?", [red]),
+        Message.assistant("A red square."),
+        Message.user("And the shade?"),
+    ]
+    theirs, n_theirs = mtmd_handler_answer(
+        demo_pair,
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [data_url(red), {"type": "text", "text": "What is it?"}]},
+            {"role": "assistant", "content": "A red square."},
+            {"role": "user", "content": [{"type": "text", "text": "And the shade?"}]},
+        ],
+        24,
+    )
+    ours, _, _ = generate(backend, messages, temperature=0, max_tokens=n_theirs)
+    assert ours == theirs
+
+
+def test_context_overflow_is_a_clear_error_and_backend_survives(demo_pair, red_png):
+    text, mmproj = demo_pair
+    small = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=256))
+    try:
+        image = read_image_file(red_png, **LIMITS)
+        with pytest.raises(ContextOverflowError, match="do not fit the 256-token context"):
+            generate(small, [Message.user("word " * 300, [image])], max_tokens=4)
+        text_out, finished, _ = generate(small, [Message.user("hi")], temperature=0, max_tokens=4)
+        assert 0 < finished.usage.prompt_tokens < 256
+    finally:
+        small.close()
+
+
+def test_mismatched_pair_refused_before_llama_cpp_loads(mismatched_pair):
+    text, mmproj = mismatched_pair
+    with pytest.raises(ModelMismatchError, match="outputs width 32 but text model .* has embedding width 64"):
+        LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings())
+
+
+def test_swapped_pair_and_corrupt_file_refused(demo_pair, tmp_path):
+    text, mmproj = demo_pair
+    with pytest.raises(ModelMismatchError, match="projector"):
+        LlamaCppBackend(ResolvedModel(text=mmproj, mmproj=text), ModelSettings())
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(text.read_bytes()[: text.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="truncated|corrupt"):
+        LlamaCppBackend(ResolvedModel(text=truncated, mmproj=mmproj), ModelSettings())

@@ -1,0 +1,55 @@
+"""`vision-agent doctor`: the llama.cpp build's capabilities, the model found, the effective settings."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from vision_agent.config import Settings
+from vision_agent.errors import VisionAgentError
+
+
+def doctor(settings: Settings) -> int:
+    import llama_cpp
+
+    from vision_agent.backends import llama_log
+    from vision_agent.catalog import models_dir, resolve_model
+    from vision_agent.gguf_info import check_pair, read_summary
+
+    llama_log.install()
+    system_info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    print(f"llama-cpp-python  {llama_cpp.__version__}")
+    print(f"GPU offload       {'yes' if offload else 'no'} (backend: {_backend_name(system_info, offload)})")
+    print(f"system info       {system_info}")
+    print(f"models dir        {models_dir(settings.model)}")
+
+    exit_code = 0
+    try:
+        model = resolve_model(settings.model)
+        if model.replay_script:
+            print(f"model             {model.label} (scripted replay, no llama.cpp)")
+        else:
+            text, mmproj = read_summary(model.text), read_summary(model.mmproj)
+            print(f"model             {text.path} ({text.architecture}, width {text.embedding_length})")
+            print(f"projector         {mmproj.path} ({mmproj.projector_type}, width {mmproj.projection_dim})")
+            check_pair(text, mmproj)
+            print(f"pair              ok; prompt format {model.chat_format} -> {text.template_family}")
+    except VisionAgentError as exc:
+        print(f"model             problem: {exc}")
+        exit_code = exc.exit_code
+
+    effective = settings.model_dump(mode="json")
+    if effective["model"]["n_gpu_layers"] is None:
+        effective["model"]["n_gpu_layers"] = f"auto ({'all' if offload else 0})"
+    print("settings")
+    print(json.dumps(effective, indent=2))
+    sys.stdout.flush()
+    return exit_code
+
+
+def _backend_name(system_info: str, offload: bool) -> str:
+    for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL", "OpenCL", "Kompute"):
+        if f"{name.upper()} =" in system_info.upper() or f"{name.upper()} :" in system_info.upper():
+            return name
+    return "GPU" if offload else "CPU"

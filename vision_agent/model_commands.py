@@ -1,0 +1,112 @@
+"""`vision-agent models list | pull NAME | info PATH | demo [DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vision_agent.catalog import entry_dir, installed_files, load_catalog, models_dir
+from vision_agent.config import Settings
+from vision_agent.errors import NoModelError
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    action = {"list": list_models, "pull": pull, "info": info, "demo": demo}[args.models_command]
+    return action(args, settings)
+
+
+def list_models(args: argparse.Namespace, settings: Settings) -> int:
+    rows = [("NAME", "SIZE", "STATUS", "DESCRIPTION")]
+    for entry in load_catalog().values():
+        files = installed_files(settings.model, entry)
+        if files:
+            status = "ready"
+        elif entry.generated:
+            status = "generated on first use"
+        else:
+            status = "-"
+        rows.append((entry.name, _size(entry.size_gb * 1e9), status, entry.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    print(f"\nmodels dir: {models_dir(settings.model)}", file=sys.stderr)
+    return 0
+
+
+def pull(args: argparse.Namespace, settings: Settings) -> int:
+    from vision_agent.demo_model import write_demo_pair
+    from vision_agent.hub import download, resolve_filename
+
+    catalog = load_catalog()
+    entry = catalog.get(args.name)
+    if entry is None:
+        raise NoModelError(f"unknown model {args.name!r}; known: {', '.join(catalog)}")
+    directory = entry_dir(settings.model, entry)
+    if entry.generated:
+        paths = write_demo_pair(directory)
+    else:
+        paths = []
+        for pattern, projector in ((entry.file, False), (entry.mmproj, True)):
+            filename = resolve_filename(entry, pattern, projector=projector)
+            print(f"pulling {entry.repo}/{filename}", file=sys.stderr)
+            paths.append(download(entry, filename, directory))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def info(args: argparse.Namespace, settings: Settings) -> int:
+    from vision_agent.gguf_info import read_summary
+
+    s = read_summary(args.path)
+    lines = [
+        ("file", str(s.path)),
+        ("name", s.name or "-"),
+        ("architecture", s.architecture),
+        ("size", _size(s.size_bytes)),
+        ("parameters", f"{s.n_params:,}"),
+    ]
+    if s.file_type:
+        lines.append(("file type", s.file_type))
+    if s.is_projector:
+        lines += [
+            ("role", "projector (mmproj)" if s.has_vision else "projector without vision"),
+            ("projector type", s.projector_type or "-"),
+            ("output width", str(s.projection_dim or "-")),
+            ("image size", f"{s.image_size}px, {s.patch_size}px patches" if s.image_size else "-"),
+        ]
+        if s.image_size and s.patch_size:
+            lines.append(("patches per image", str((s.image_size // s.patch_size) ** 2)))
+    else:
+        lines += [
+            ("role", "text model"),
+            ("embedding width", str(s.embedding_length or "-")),
+            ("layers", str(s.block_count or "-")),
+            ("trained context", str(s.context_length or "-")),
+            ("vocabulary", str(s.vocab_size or "-")),
+            ("prompt format", s.template_family),
+        ]
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def demo(args: argparse.Namespace, settings: Settings) -> int:
+    from vision_agent.demo_model import write_demo_pair
+
+    catalog = load_catalog()
+    directory = Path(args.directory) if args.directory else entry_dir(settings.model, catalog["demo"])
+    for path in write_demo_pair(directory):
+        print(path)
+    print("demo pair written: random weights, its answers are noise (it proves the install)", file=sys.stderr)
+    return 0
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
