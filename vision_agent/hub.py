@@ -1,9 +1,13 @@
-"""Downloads catalog models from the Hugging Face hub (honours HF_ENDPOINT, resumes partial files)."""
+"""Downloads catalog models from the Hugging Face hub: honours HF_ENDPOINT and HF_TOKEN, resumes, verifies."""
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import http.client
 import os
+import re
+import sys
 from pathlib import Path
 
 from vision_agent.catalog import CatalogEntry
@@ -29,18 +33,87 @@ def resolve_filename(entry: CatalogEntry, pattern: str, *, projector: bool) -> s
 
 
 def download(entry: CatalogEntry, filename: str, directory: Path) -> Path:
-    """Download one file into DIRECTORY with a progress bar on stderr, then verify its size."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    """Download one file into DIRECTORY, resuming a previous partial download, then verify it.
 
-    metadata = _hub_call(lambda: get_hf_file_metadata(hf_hub_url(entry.repo, filename)), entry, filename)
-    path = Path(_hub_call(lambda: hf_hub_download(entry.repo, filename, local_dir=directory), entry, filename))
-    actual = path.stat().st_size
+    huggingface-hub 1.x/2.x restarts interrupted downloads from zero in a new process, so the
+    transfer itself is ours: a `.part` file that the next `pull` continues with an HTTP Range request.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(entry.repo, filename)
+    metadata = _hub_call(lambda: get_hf_file_metadata(url), entry, filename)
+    final = directory / filename
+    if final.is_file() and final.stat().st_size == metadata.size:
+        print(f"{filename}: already downloaded", file=sys.stderr)
+        return final
+    directory.mkdir(parents=True, exist_ok=True)
+    part = directory / f"{filename}.part"
+    _fetch(metadata.location or url, part, metadata.size, filename)
+
+    actual = part.stat().st_size
     if metadata.size is not None and actual != metadata.size:
-        path.unlink(missing_ok=True)
+        if actual > metadata.size:
+            part.unlink()
+            raise DownloadError(f"{filename}: received {actual:,} bytes but the hub says {metadata.size:,}; removed")
         raise DownloadError(
-            f"{filename}: downloaded {actual:,} bytes but the hub says {metadata.size:,}; removed, run pull again"
+            f"{filename}: incomplete ({actual:,} of {metadata.size:,} bytes); run pull again to resume"
         )
-    return path
+    expected_sha = (metadata.etag or "").strip('"')
+    if re.fullmatch(r"[0-9a-f]{64}", expected_sha) and _sha256(part, filename) != expected_sha:
+        part.unlink()
+        raise DownloadError(f"{filename}: checksum mismatch (corrupt download); removed, run pull again")
+    part.replace(final)
+    return final
+
+
+def _fetch(url: str, part: Path, size: int | None, label: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub.utils import build_hf_headers
+    from tqdm import tqdm
+
+    offset = part.stat().st_size if part.is_file() else 0
+    if size is not None and offset >= size:
+        offset = 0  # stale or oversized partial file: start again
+    headers = build_hf_headers()
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if offset and response.status != 206:
+                offset = 0  # the server ignored the range: rewrite from the start
+            mode = "ab" if offset else "wb"
+            with part.open(mode) as out, tqdm(
+                total=size, initial=offset, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f"{label}: hub answered HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise DownloadError(f"{label}: cannot reach the hub ({exc.reason})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        have = part.stat().st_size if part.is_file() else 0
+        raise DownloadError(
+            f"{label}: download interrupted after {have:,} bytes ({exc or type(exc).__name__}); "
+            "run pull again to resume"
+        ) from None
+
+
+def _sha256(path: Path, label: str) -> str:
+    from tqdm import tqdm
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle, tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"verifying {label}", file=sys.stderr, leave=False
+    ) as bar:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
 
 
 def _hub_call(call, entry: CatalogEntry, filename: str = ""):

@@ -1,0 +1,46 @@
+import pytest
+
+from vision_agent.chat_format import choose_template, render_prompt
+from vision_agent.errors import ConfigError
+from vision_agent.images import decode_image
+from vision_agent.messages import Message
+from vision_agent.prompts import chat_template
+from tests.conftest import png_bytes
+
+MARKER = "<__media__>"
+
+
+def render(template, messages):
+    return render_prompt(messages, template, media_marker=MARKER, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture
+def image():
+    return decode_image(png_bytes(), source="x", max_bytes=10**7, max_pixels=10**7)
+
+
+def test_vicuna_puts_image_before_text_and_ends_with_assistant(image):
+    prompt = render(chat_template("vicuna"), [Message.system("Be brief."), Message.user("What is it?", [image])])
+    assert prompt == f"Be brief.\nUSER: {MARKER}\nWhat is it?\nASSISTANT:"
+
+
+def test_vicuna_multi_turn_closes_assistant_turns_with_eos(image):
+    prompt = render(chat_template("vicuna"), [
+        Message.user("What is it?", [image]), Message.assistant("A square."), Message.user("Colour?"),
+    ])
+    assert prompt == f"USER: {MARKER}\nWhat is it?\nASSISTANT: A square.</s>\nUSER: Colour?\nASSISTANT:"
+
+
+def test_mistral_and_chatml(image):
+    mistral = render(chat_template("mistral"), [Message.system("Sys."), Message.user("Q?", [image])])
+    assert mistral == f"[INST] Sys.\n\n{MARKER}\nQ? [/INST]"
+    chatml = render(chat_template("chatml"), [Message.user("Q?", [image])])
+    assert chatml == f"<|im_start|>user\n{MARKER}\nQ?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_choose_template():
+    assert choose_template("auto", "{{ x }}") == "{{ x }}"
+    assert choose_template("auto", None) == chat_template("vicuna")
+    assert choose_template("chatml", "{{ x }}") == chat_template("chatml")  # a forced family wins
+    with pytest.raises(ConfigError, match="no chat template"):
+        choose_template("gguf", None)
