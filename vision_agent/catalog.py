@@ -121,9 +121,7 @@ def resolve_model(settings: ModelSettings, catalog: dict[str, CatalogEntry] | No
 def find_mmproj_beside(text: Path) -> Path:
     candidates = sorted(p for p in text.parent.glob("*.gguf") if p.name.lower().startswith("mmproj"))
     if not candidates:
-        raise ModelFileError(
-            f"no projector for {text}: pass --mmproj PATH (no mmproj*.gguf found beside the model)"
-        )
+        raise ModelFileError(f"no projector for {text}: pass --mmproj PATH (no mmproj*.gguf found beside the model)")
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates)
         raise ConfigError(f"several projectors beside {text.name} ({names}): choose one with --mmproj")

@@ -16,16 +16,27 @@ EXIT_CODES_HELP = """exit codes:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="config file (default: vision-agent.toml in the user config dir)")
-    common.add_argument("-v", "--verbose", action="store_true", default=None, help="show llama.cpp logs and debug output on stderr")
+    common.add_argument(
+        "--config", metavar="PATH", help="config file (default: vision-agent.toml in the user config dir)"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=None, help="show llama.cpp logs and debug output on stderr"
+    )
 
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
     group.add_argument("-m", "--model", metavar="MODEL", help="catalog name, path to a text GGUF, or replay:FILE")
     group.add_argument("--mmproj", metavar="PATH", help="projector GGUF (default: mmproj*.gguf beside the model)")
-    group.add_argument("--chat-format", choices=["auto", "gguf", "vicuna", "mistral", "chatml"], help="prompt format (default: auto)")
+    group.add_argument(
+        "--chat-format", choices=["auto", "gguf", "vicuna", "mistral", "chatml"], help="prompt format (default: auto)"
+    )
     group.add_argument("--ctx", type=int, metavar="N", help="context size in tokens (default 4096)")
-    group.add_argument("--n-gpu-layers", type=int, metavar="N", help="layers to offload to the GPU (-1 all; default: all when the build supports it)")
+    group.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        metavar="N",
+        help="layers to offload to the GPU (-1 all; default: all when the build supports it)",
+    )
     group.add_argument("--no-mmproj-offload", action="store_true", default=None, help="keep the projector on the CPU")
     group.add_argument("--threads", type=int, metavar="N", help="CPU threads")
 
@@ -39,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = commands.add_parser(
-        "ask", parents=[common, model], help="ask one question about images; the answer streams to stdout",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "ask",
+        parents=[common, model],
+        help="ask one question about images; the answer streams to stdout",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ask.add_argument("prompt", nargs="?", metavar="PROMPT", help="the question (read from stdin when omitted)")
-    ask.add_argument("-a", "--attach", action="append", default=[], metavar="IMAGE", help="image file, or - for stdin; repeatable")
+    ask.add_argument(
+        "-a", "--attach", action="append", default=[], metavar="IMAGE", help="image file, or - for stdin; repeatable"
+    )
     ask.add_argument("--system", metavar="TEXT", help='system prompt ("" for none; default: prompts/system.txt)')
     ask.add_argument("--no-tools", action="store_true", help="plain chat turn: no tool use")
     ask.add_argument("--temperature", type=float, metavar="T")
@@ -53,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--stop", action="append", metavar="TEXT", help="stop string; repeatable")
     ask.add_argument("--json", action="store_true", help="write the event stream as JSON lines instead of text")
 
-    commands.add_parser("doctor", parents=[common, model], help="show the llama.cpp build, the model found and the settings")
+    commands.add_parser(
+        "doctor", parents=[common, model], help="show the llama.cpp build, the model found and the settings"
+    )
 
     models = commands.add_parser("models", help="list, download, inspect or generate models")
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -71,11 +89,19 @@ def settings_overrides(args: argparse.Namespace) -> dict:
     """Flags the user actually gave, shaped like Settings; absent flags leave lower layers in force."""
     pick = {
         "model": {
-            "name": "model", "mmproj": "mmproj", "chat_format": "chat_format", "n_ctx": "ctx",
-            "n_gpu_layers": "n_gpu_layers", "n_threads": "threads",
+            "name": "model",
+            "mmproj": "mmproj",
+            "chat_format": "chat_format",
+            "n_ctx": "ctx",
+            "n_gpu_layers": "n_gpu_layers",
+            "n_threads": "threads",
         },
         "generation": {
-            "temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens", "seed": "seed", "stop": "stop",
+            "temperature": "temperature",
+            "top_p": "top_p",
+            "max_tokens": "max_tokens",
+            "seed": "seed",
+            "stop": "stop",
         },
         "agent": {"system_prompt": "system"},
     }

@@ -132,9 +132,7 @@ def _check_env_keys() -> None:
     known = {"VISION_AGENT_VERBOSE"}
     for section, model in Settings.model_fields.items():
         if isinstance(model.default, BaseModel):
-            known.update(
-                f"VISION_AGENT_{section}__{name}".upper() for name in type(model.default).model_fields
-            )
+            known.update(f"VISION_AGENT_{section}__{name}".upper() for name in type(model.default).model_fields)
             known.add(f"VISION_AGENT_{section}".upper())
     for name in os.environ:
         if name.startswith("VISION_AGENT_") and name.upper() not in known:

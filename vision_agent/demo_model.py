@@ -41,9 +41,7 @@ class DemoShape:
     projection_dim: int | None = None  # defaults to n_embd; set otherwise to build a mismatched pair
 
 
-def write_demo_pair(
-    directory: str | Path, shape: DemoShape = DemoShape(), *, seed: int = 0
-) -> tuple[Path, Path]:
+def write_demo_pair(directory: str | Path, shape: DemoShape = DemoShape(), *, seed: int = 0) -> tuple[Path, Path]:
     """Write the text model and the projector into DIRECTORY; return both paths."""
     import numpy as np
 

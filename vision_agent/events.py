@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -53,7 +53,7 @@ class Done(BaseModel):
     error: ErrorInfo | None = None
 
 
-Event = Annotated[Union[RunStarted, Token, Answer, Done], Field(discriminator="type")]
+Event = Annotated[RunStarted | Token | Answer | Done, Field(discriminator="type")]
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 

@@ -81,8 +81,7 @@ def read_summary(path: str | Path) -> GGUFSummary:
     for tensor in reader.tensors:
         if tensor.data_offset + tensor.n_bytes > size:
             raise ModelFileError(
-                f"model file {path}: truncated (tensor {tensor.name} ends past the end of the file; "
-                "re-download it)"
+                f"model file {path}: truncated (tensor {tensor.name} ends past the end of the file; re-download it)"
             )
 
     def value(key: str, default=None):

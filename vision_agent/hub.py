@@ -22,8 +22,7 @@ def resolve_filename(entry: CatalogEntry, pattern: str, *, projector: bool) -> s
 
     files = _hub_call(lambda: list_repo_files(entry.repo), entry)
     matches = sorted(
-        f for f in files
-        if fnmatch.fnmatch(f.lower(), pattern.lower()) and f.lower().startswith("mmproj") == projector
+        f for f in files if fnmatch.fnmatch(f.lower(), pattern.lower()) and f.lower().startswith("mmproj") == projector
     )
     if not matches:
         raise DownloadError(f"{entry.repo} has no file matching {pattern!r} (the catalog may be out of date)")
@@ -55,9 +54,7 @@ def download(entry: CatalogEntry, filename: str, directory: Path) -> Path:
         if actual > metadata.size:
             part.unlink()
             raise DownloadError(f"{filename}: received {actual:,} bytes but the hub says {metadata.size:,}; removed")
-        raise DownloadError(
-            f"{filename}: incomplete ({actual:,} of {metadata.size:,} bytes); run pull again to resume"
-        )
+        raise DownloadError(f"{filename}: incomplete ({actual:,} of {metadata.size:,} bytes); run pull again to resume")
     expected_sha = (metadata.etag or "").strip('"')
     if re.fullmatch(r"[0-9a-f]{64}", expected_sha) and _sha256(part, filename) != expected_sha:
         part.unlink()
@@ -85,9 +82,12 @@ def _fetch(url: str, part: Path, size: int | None, label: str) -> None:
             if offset and response.status != 206:
                 offset = 0  # the server ignored the range: rewrite from the start
             mode = "ab" if offset else "wb"
-            with part.open(mode) as out, tqdm(
-                total=size, initial=offset, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False
-            ) as bar:
+            with (
+                part.open(mode) as out,
+                tqdm(
+                    total=size, initial=offset, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False
+                ) as bar,
+            ):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -107,9 +107,17 @@ def _sha256(path: Path, label: str) -> str:
     from tqdm import tqdm
 
     digest = hashlib.sha256()
-    with path.open("rb") as handle, tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"verifying {label}", file=sys.stderr, leave=False
-    ) as bar:
+    with (
+        path.open("rb") as handle,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=f"verifying {label}",
+            file=sys.stderr,
+            leave=False,
+        ) as bar,
+    ):
         while block := handle.read(1 << 22):
             digest.update(block)
             bar.update(len(block))

@@ -68,8 +68,7 @@ def _decode(data: bytes, source: str, max_pixels: int):
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
-                f"image {source}: {width}x{height} is {width * height:,} pixels, "
-                f"over the limit of {max_pixels:,}"
+                f"image {source}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}"
             )
         image.seek(0)  # first frame of an animation
         image = ImageOps.exif_transpose(image)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from vision_agent.resources import data_path
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str) -> str:
     """Return prompts/NAME as text, without a single trailing newline."""
     text = data_path(f"prompts/{name}").read_text(encoding="utf-8")

@@ -18,8 +18,21 @@ def events_of(result) -> list[dict]:
 
 def test_ask_streams_answer_to_stdout_and_nothing_else(demo_pair, red_png, cli_env):
     text, mmproj = demo_pair
-    result = run_cli("ask", "-m", str(text), "--mmproj", str(mmproj), "-a", str(red_png),
-                     "--temperature", "0", "--max-tokens", "16", "Describe it.", env=cli_env)
+    result = run_cli(
+        "ask",
+        "-m",
+        str(text),
+        "--mmproj",
+        str(mmproj),
+        "-a",
+        str(red_png),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "16",
+        "Describe it.",
+        env=cli_env,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert result.stderr == b""  # llama.cpp's logs stay quiet without -v
@@ -27,16 +40,42 @@ def test_ask_streams_answer_to_stdout_and_nothing_else(demo_pair, red_png, cli_e
 
 def test_verbose_shows_llama_cpp_logs_on_stderr(demo_pair, red_png, cli_env):
     text, mmproj = demo_pair
-    result = run_cli("ask", "-v", "-m", str(text), "--mmproj", str(mmproj), "-a", str(red_png),
-                     "--max-tokens", "2", "hi", env=cli_env)
+    result = run_cli(
+        "ask",
+        "-v",
+        "-m",
+        str(text),
+        "--mmproj",
+        str(mmproj),
+        "-a",
+        str(red_png),
+        "--max-tokens",
+        "2",
+        "hi",
+        env=cli_env,
+    )
     assert result.returncode == 0
     assert b"clip" in result.stderr or b"load" in result.stderr
 
 
 def test_json_event_stream(demo_pair, red_png, blue_png, cli_env):
     text, mmproj = demo_pair
-    result = run_cli("ask", "--json", "-m", str(text), "--mmproj", str(mmproj), "-a", str(red_png),
-                     "-a", str(blue_png), "--max-tokens", "8", "Compare.", env=cli_env)
+    result = run_cli(
+        "ask",
+        "--json",
+        "-m",
+        str(text),
+        "--mmproj",
+        str(mmproj),
+        "-a",
+        str(red_png),
+        "-a",
+        str(blue_png),
+        "--max-tokens",
+        "8",
+        "Compare.",
+        env=cli_env,
+    )
     assert result.returncode == 0, result.stderr
     events = events_of(result)
     types = [e["type"] for e in events]
@@ -55,9 +94,25 @@ def test_plain_turn_equals_mtmd_chat_handler(demo_pair, red_png, cli_env):
     theirs, n_tokens = mtmd_handler_answer(
         demo_pair, [{"role": "user", "content": [data_url(image), {"type": "text", "text": prompt}]}], 40
     )
-    result = run_cli("ask", "--json", "--no-tools", "--system", "", "--temperature", "0",
-                     "--max-tokens", str(n_tokens), "-m", str(text), "--mmproj", str(mmproj),
-                     "-a", str(red_png), prompt, env=cli_env)
+    result = run_cli(
+        "ask",
+        "--json",
+        "--no-tools",
+        "--system",
+        "",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        str(n_tokens),
+        "-m",
+        str(text),
+        "--mmproj",
+        str(mmproj),
+        "-a",
+        str(red_png),
+        prompt,
+        env=cli_env,
+    )
     assert result.returncode == 0, result.stderr
     answer = [e for e in events_of(result) if e["type"] == "answer"][0]["text"]
     assert answer == theirs

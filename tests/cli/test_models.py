@@ -40,7 +40,9 @@ def test_pull_downloads_verifies_and_the_model_then_answers(hub, hub_env, demo_p
     assert (target / "ggml-model-q4_k.gguf").read_bytes() == demo_pair[0].read_bytes()
     assert (target / "mmproj-model-f16.gguf").read_bytes() == demo_pair[1].read_bytes()
     assert b"llava-1.5-7b" in run_cli("models", "list", env=hub_env).stdout
-    listed = [line for line in run_cli("models", "list", env=hub_env).stdout.decode().splitlines() if "llava-1.5" in line]
+    listed = [
+        line for line in run_cli("models", "list", env=hub_env).stdout.decode().splitlines() if "llava-1.5" in line
+    ]
     assert "ready" in listed[0]
 
     answer = run_cli("ask", "-m", "llava-1.5-7b", "--max-tokens", "4", "hi", env=hub_env)
@@ -88,7 +90,9 @@ def test_pull_errors(hub_env, cli_env):
 def test_models_info_and_demo(demo_pair, tmp_path, cli_env):
     result = run_cli("models", "demo", str(tmp_path / "d"), env=cli_env)
     assert result.returncode == 0
-    assert (tmp_path / "d" / "demo-text.gguf").stat().st_size + (tmp_path / "d" / "mmproj-demo.gguf").stat().st_size < 1_000_000
+    assert (tmp_path / "d" / "demo-text.gguf").stat().st_size + (
+        tmp_path / "d" / "mmproj-demo.gguf"
+    ).stat().st_size < 1_000_000
     text_info = run_cli("models", "info", str(demo_pair[0]), env=cli_env).stdout.decode()
     assert "llama" in text_info and "embedding width  64" in text_info and "gguf (embedded template)" in text_info
     proj_info = run_cli("models", "info", str(demo_pair[1]), env=cli_env).stdout.decode()

@@ -84,8 +84,10 @@ def mtmd_handler_answer(demo_pair, messages_openai, max_tokens, n_ctx=1024):
 
     text, mmproj = demo_pair
     llama = Llama(
-        model_path=str(text), chat_handler=MTMDChatHandler(clip_model_path=str(mmproj), verbose=False),
-        n_ctx=n_ctx, verbose=False,
+        model_path=str(text),
+        chat_handler=MTMDChatHandler(clip_model_path=str(mmproj), verbose=False),
+        n_ctx=n_ctx,
+        verbose=False,
     )
     try:
         result = llama.create_chat_completion(messages=messages_openai, temperature=0, max_tokens=max_tokens)
@@ -95,7 +97,10 @@ def mtmd_handler_answer(demo_pair, messages_openai, max_tokens, n_ctx=1024):
 
 
 def data_url(image) -> dict:
-    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()}}
+    return {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()},
+    }
 
 
 @pytest.mark.parametrize("prompt", ["What is in this picture?", "Describe the colours.", "Is there text?"])

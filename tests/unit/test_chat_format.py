@@ -1,11 +1,11 @@
 import pytest
 
+from tests.conftest import png_bytes
 from vision_agent.chat_format import choose_template, render_prompt
 from vision_agent.errors import ConfigError
 from vision_agent.images import decode_image
 from vision_agent.messages import Message
 from vision_agent.prompts import chat_template
-from tests.conftest import png_bytes
 
 MARKER = "<__media__>"
 
@@ -25,9 +25,14 @@ def test_vicuna_puts_image_before_text_and_ends_with_assistant(image):
 
 
 def test_vicuna_multi_turn_closes_assistant_turns_with_eos(image):
-    prompt = render(chat_template("vicuna"), [
-        Message.user("What is it?", [image]), Message.assistant("A square."), Message.user("Colour?"),
-    ])
+    prompt = render(
+        chat_template("vicuna"),
+        [
+            Message.user("What is it?", [image]),
+            Message.assistant("A square."),
+            Message.user("Colour?"),
+        ],
+    )
     assert prompt == f"USER: {MARKER}\nWhat is it?\nASSISTANT: A square.</s>\nUSER: Colour?\nASSISTANT:"
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.conftest import png_bytes
 from vision_agent.backends.replay import ReplayBackend, parse_script
 from vision_agent.chat import run_turn, system_message
 from vision_agent.config import GenerationSettings
@@ -13,7 +14,6 @@ from vision_agent.errors import ModelFileError
 from vision_agent.events import Answer, Done, RunStarted, Token, from_json, to_json
 from vision_agent.images import decode_image
 from vision_agent.messages import Conversation, Message
-from tests.conftest import png_bytes
 
 
 def image():

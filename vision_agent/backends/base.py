@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Union
+from typing import Literal, Protocol
 
 from vision_agent.messages import Message
 
@@ -37,7 +37,7 @@ class Finished:
     usage: Usage
 
 
-Chunk = Union[TextDelta, Finished]
+Chunk = TextDelta | Finished
 
 
 class Backend(Protocol):

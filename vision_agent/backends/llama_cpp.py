@@ -54,9 +54,7 @@ class LlamaCppBackend:
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
-            raise ModelFileError(
-                f"llama.cpp could not load {model.text}: {llama_log.last_error(str(exc))}"
-            ) from None
+            raise ModelFileError(f"llama.cpp could not load {model.text}: {llama_log.last_error(str(exc))}") from None
         self._mtmd = self._init_mtmd(str(model.mmproj), settings)
         self.template = choose_template(model.chat_format, text_info.chat_template)
 

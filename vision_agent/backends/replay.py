@@ -30,7 +30,7 @@ def parse_script(path: Path) -> list[str]:
             raise ModelFileError(f"replay script {path}: invalid JSON ({exc})") from None
         turns = data.get("turns") if isinstance(data, dict) else data
         if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
-            raise ModelFileError(f"replay script {path}: expected a list of strings or {{\"turns\": [...]}}")
+            raise ModelFileError(f'replay script {path}: expected a list of strings or {{"turns": [...]}}')
         return turns
     return [turn.strip("\n") for turn in re.split(r"^---[ \t]*$", text, flags=re.MULTILINE)]
 
