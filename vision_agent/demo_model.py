@@ -39,6 +39,7 @@ class DemoShape:
     v_layer: int = 1
     v_head: int = 2
     projection_dim: int | None = None  # defaults to n_embd; set otherwise to build a mismatched pair
+    with_chat_template: bool = True  # False: exercise the Vicuna fallback for template-less GGUFs
 
 
 def write_demo_pair(directory: str | Path, shape: DemoShape = DemoShape(), *, seed: int = 0) -> tuple[Path, Path]:
@@ -92,7 +93,8 @@ def _write_text_model(path: Path, shape: DemoShape, rng) -> None:
     writer.add_uint32("tokenizer.ggml.unknown_token_id", 0)
     writer.add_uint32("tokenizer.ggml.bos_token_id", 1)
     writer.add_uint32("tokenizer.ggml.eos_token_id", 2)
-    writer.add_string("tokenizer.chat_template", chat_template("demo"))
+    if shape.with_chat_template:
+        writer.add_string("tokenizer.chat_template", chat_template("demo"))
 
     e, f, v = shape.n_embd, shape.n_ff, len(tokens)
     ones = np.ones(e, dtype=np.float32)

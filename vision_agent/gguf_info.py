@@ -5,7 +5,7 @@ llama.cpp may abort the whole process on a malformed file; we check structure an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vision_agent.errors import ModelFileError, ModelMismatchError
@@ -31,7 +31,6 @@ class GGUFSummary:
     image_size: int | None = None
     patch_size: int | None = None
     has_vision: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def is_projector(self) -> bool:

@@ -164,3 +164,39 @@ def test_swapped_pair_and_corrupt_file_refused(demo_pair, tmp_path):
     truncated.write_bytes(text.read_bytes()[: text.stat().st_size // 2])
     with pytest.raises(ModelFileError, match="truncated|corrupt"):
         LlamaCppBackend(ResolvedModel(text=truncated, mmproj=mmproj), ModelSettings())
+
+
+def test_template_less_gguf_falls_back_to_vicuna_and_a_flag_can_force_a_format(tmp_path, red_png):
+    from vision_agent.demo_model import DemoShape, write_demo_pair
+
+    text, mmproj = write_demo_pair(tmp_path, DemoShape(with_chat_template=False))
+    image = read_image_file(red_png, **LIMITS)
+    request = GenerationRequest(messages=[Message.system("Sys."), Message.user("Q?", [image])], max_tokens=4)
+    fallback = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=512))
+    forced = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj, chat_format="chatml"), ModelSettings(n_ctx=512))
+    try:
+        assert fallback.render(request) == f"Sys.\nUSER: {fallback.media_marker}\nQ?\nASSISTANT:"
+        assert forced.render(request).startswith("<|im_start|>system\nSys.<|im_end|>")
+        assert generate(fallback, request.messages, max_tokens=4)[1].usage.images_encoded == 1
+    finally:
+        fallback.close()
+        forced.close()
+
+
+def test_concurrent_callers_are_serialised(backend, red_png):
+    import threading
+
+    image = read_image_file(red_png, **LIMITS)
+    messages = [Message.user("Describe it.", [image])]
+    expected = generate(backend, messages, temperature=0, max_tokens=24)[0]
+    results: list[str] = []
+
+    def worker():
+        results.append(generate(backend, messages, temperature=0, max_tokens=24)[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 4
