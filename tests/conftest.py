@@ -52,6 +52,7 @@ def cli_env(tmp_path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISION_AGENT_")}
     env["VISION_AGENT_MODEL__MODELS_DIR"] = str(tmp_path / "models")
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
     env["HF_HUB_DISABLE_TELEMETRY"] = "1"
     return env
 

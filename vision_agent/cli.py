@@ -11,7 +11,7 @@ import sys
 EXIT_CODES_HELP = """exit codes:
   0 ok   1 error   2 usage or config   3 no model   4 bad model file   5 mismatched model pair
   6 image not found   7 corrupt image   8 image too large   9 context overflow   10 download failed
-  11 llama.cpp failure   130 interrupted"""
+  11 llama.cpp failure   12 tool error   13 the model broke the step format   130 interrupted"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,13 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
         "-a", "--attach", action="append", default=[], metavar="IMAGE", help="image file, or - for stdin; repeatable"
     )
     ask.add_argument("--system", metavar="TEXT", help='system prompt ("" for none; default: prompts/system.txt)')
-    ask.add_argument("--no-tools", action="store_true", help="plain chat turn: no tool use")
+    ask.add_argument(
+        "-c", "--continue", dest="continue_conversation", action="store_true", help="continue the last conversation"
+    )
+    tools = ask.add_argument_group("tools")
+    tools.add_argument("--tools", metavar="LIST", help="only these tools, comma-separated (e.g. calculator,web_search)")
+    tools.add_argument("--no-tools", action="store_true", help="plain chat turn: no tool use")
+    tools.add_argument(
+        "--tool-policy", action="append", metavar="NAME=POLICY", help="auto, ask (confirm first) or off; repeatable"
+    )
+    tools.add_argument("--max-steps", type=int, metavar="N", help="tool steps before a final answer (default 5)")
     ask.add_argument("--temperature", type=float, metavar="T")
     ask.add_argument("--top-p", type=float, metavar="P")
     ask.add_argument("--max-tokens", type=int, metavar="N")
     ask.add_argument("--seed", type=int, metavar="S")
     ask.add_argument("--stop", action="append", metavar="TEXT", help="stop string; repeatable")
     ask.add_argument("--json", action="store_true", help="write the event stream as JSON lines instead of text")
+
+    tool = commands.add_parser("tool", help="run one tool directly and print its result")
+    tool_commands = tool.add_subparsers(dest="tool_command", metavar="TOOL", required=True)
+    calc = tool_commands.add_parser("calc", parents=[common], help="evaluate an arithmetic expression")
+    calc.add_argument("expression", metavar="EXPR")
+    python = tool_commands.add_parser("python", parents=[common], help="run Python in the sandbox")
+    python.add_argument("code", nargs="?", default="-", metavar="CODE", help="the program (default: read stdin)")
+    python.add_argument("-a", "--attach", action="append", default=[], metavar="IMAGE", help="the image as `image`")
+    search = tool_commands.add_parser("search", parents=[common], help="search the web")
+    search.add_argument("query", metavar="QUERY")
+    search.add_argument("--max-results", type=int, metavar="N")
+    tool_commands.add_parser("list", parents=[common], help="the tools found, with their policy")
+    run = tool_commands.add_parser("run", parents=[common], help="run any tool (plugins too) with JSON arguments")
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("arguments", nargs="?", default="{}", metavar="JSON")
+    run.add_argument("-a", "--attach", action="append", default=[], metavar="IMAGE")
 
     commands.add_parser(
         "doctor", parents=[common, model], help="show the llama.cpp build, the model found and the settings"
@@ -103,7 +128,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
             "seed": "seed",
             "stop": "stop",
         },
-        "agent": {"system_prompt": "system"},
+        "agent": {"system_prompt": "system", "max_steps": "max_steps"},
     }
     overrides: dict = {}
     for section, fields in pick.items():
@@ -154,6 +179,10 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
         from vision_agent.frontends.console import ask
 
         return ask(args, settings)
+    if args.command == "tool":
+        from vision_agent.tool_command import run_tool_command
+
+        return run_tool_command(args, settings)
     if args.command == "doctor":
         from vision_agent.doctor import doctor
 

@@ -49,6 +49,42 @@ class ImageSettings(_Section):
 
 class AgentSettings(_Section):
     system_prompt: str | None = Field(None, description="None: prompts/system.txt; empty: no system message")
+    max_steps: int = Field(5, ge=1, le=50, description="tool-using steps before a final answer is demanded")
+    format_retries: int = Field(2, ge=0, le=10, description="malformed steps fed back before giving up")
+    max_result_chars: int = Field(4000, ge=200, description="longer tool results are truncated with a marker")
+    max_thought_chars: int = Field(300, ge=10, description="grammar bound on a step's one-line thought")
+    max_argument_chars: int = Field(4000, ge=10, description="grammar bound on each string argument")
+
+
+ToolPolicy = Literal["auto", "ask", "off"]
+
+
+class PythonToolSettings(_Section):
+    timeout_s: float = Field(10.0, gt=0, description="wall clock; the whole process group is killed")
+    cpu_s: int = Field(5, ge=1)
+    memory_mb: int = Field(1024, ge=64, description="address-space limit (not enforced on macOS)")
+    max_output_chars: int = Field(20_000, ge=100)
+
+
+class WebSearchSettings(_Section):
+    provider: str = Field("ddgs", description="ddgs, or file:PATH (a JSON list of results, for offline use)")
+    max_results: int = Field(5, ge=1, le=25)
+    region: str = "wt-wt"
+    safesearch: Literal["on", "moderate", "off"] = "moderate"
+    timeout_s: float = Field(10.0, gt=0)
+    backend: str = Field("auto", description="ddgs backend(s), e.g. duckduckgo or auto")
+
+
+class ToolsSettings(_Section):
+    default_policy: ToolPolicy = "auto"
+    policy: dict[str, ToolPolicy] = Field({}, description="per-tool policy, e.g. {python = 'ask'}")
+    dirs: list[Path] = Field([], description="extra folders of plugin tools")
+    timeout_s: float = Field(60.0, gt=0, description="any tool call that takes longer is abandoned")
+    python: PythonToolSettings = PythonToolSettings()
+    web_search: WebSearchSettings = WebSearchSettings()
+
+    def policy_for(self, name: str) -> ToolPolicy:
+        return self.policy.get(name, self.default_policy)
 
 
 class Settings(BaseSettings):
@@ -63,6 +99,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     images: ImageSettings = ImageSettings()
     agent: AgentSettings = AgentSettings()
+    tools: ToolsSettings = ToolsSettings()
     verbose: bool = False
 
     @classmethod
@@ -129,13 +166,22 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def _check_env_keys() -> None:
     """pydantic-settings ignores unknown VISION_AGENT_* variables; a typo there should not pass silently."""
-    known = {"VISION_AGENT_VERBOSE"}
-    for section, model in Settings.model_fields.items():
-        if isinstance(model.default, BaseModel):
-            known.update(f"VISION_AGENT_{section}__{name}".upper() for name in type(model.default).model_fields)
-            known.add(f"VISION_AGENT_{section}".upper())
+    known: set[str] = set()
+    open_prefixes: list[str] = []  # dict-valued settings take any key below them
+
+    def collect(prefix: str, model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}".upper()
+            known.add(key)
+            if isinstance(field.default, BaseModel):
+                collect(f"{key}__", type(field.default))
+            elif isinstance(field.default, dict):
+                open_prefixes.append(f"{key}__")
+
+    collect("VISION_AGENT_", Settings)
     for name in os.environ:
-        if name.startswith("VISION_AGENT_") and name.upper() not in known:
+        upper = name.upper()
+        if upper.startswith("VISION_AGENT_") and upper not in known and not upper.startswith(tuple(open_prefixes)):
             raise ConfigError(f"environment variable {name}: unknown setting")
 
 

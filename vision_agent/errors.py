@@ -73,4 +73,18 @@ class BackendError(VisionAgentError):
     kind = "backend"
 
 
+class ToolError(VisionAgentError):
+    """A tool refused its input or failed; in the agent loop this becomes an observation, not an exit."""
+
+    exit_code = 12
+    kind = "tool"
+
+
+class StepFormatError(VisionAgentError):
+    """The model kept answering outside the agent's step format (only possible without a grammar)."""
+
+    exit_code = 13
+    kind = "step_format"
+
+
 EXIT_INTERRUPTED = 130

@@ -39,6 +39,30 @@ class Token(BaseModel):
     part: Literal["thought", "answer"] = "answer"
 
 
+class ToolCall(BaseModel):
+    type: Literal["tool_call"] = "tool_call"
+    step: int
+    tool: str
+    arguments: dict
+
+
+class ToolResult(BaseModel):
+    type: Literal["tool_result"] = "tool_result"
+    step: int
+    tool: str
+    ok: bool
+    output: str
+    truncated: bool = False
+    seconds: float = 0.0
+
+
+class Notice(BaseModel):
+    """Something the user should know that is not an error of the run (a refused call, a retried step)."""
+
+    type: Literal["notice"] = "notice"
+    message: str
+
+
 class Answer(BaseModel):
     type: Literal["answer"] = "answer"
     text: str
@@ -53,7 +77,7 @@ class Done(BaseModel):
     error: ErrorInfo | None = None
 
 
-Event = Annotated[RunStarted | Token | Answer | Done, Field(discriminator="type")]
+Event = Annotated[RunStarted | Token | ToolCall | ToolResult | Notice | Answer | Done, Field(discriminator="type")]
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 

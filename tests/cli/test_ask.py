@@ -20,6 +20,7 @@ def test_ask_streams_answer_to_stdout_and_nothing_else(demo_pair, red_png, cli_e
     text, mmproj = demo_pair
     result = run_cli(
         "ask",
+        "--no-tools",
         "-m",
         str(text),
         "--mmproj",
@@ -42,6 +43,7 @@ def test_verbose_shows_llama_cpp_logs_on_stderr(demo_pair, red_png, cli_env):
     text, mmproj = demo_pair
     result = run_cli(
         "ask",
+        "--no-tools",
         "-v",
         "-m",
         str(text),
@@ -63,6 +65,7 @@ def test_json_event_stream(demo_pair, red_png, blue_png, cli_env):
     result = run_cli(
         "ask",
         "--json",
+        "--no-tools",
         "-m",
         str(text),
         "--mmproj",
@@ -120,7 +123,7 @@ def test_plain_turn_equals_mtmd_chat_handler(demo_pair, red_png, cli_env):
 
 def test_image_from_stdin_and_prompt_from_stdin(demo_pair, red_png, cli_env):
     text, mmproj = demo_pair
-    model = ["-m", str(text), "--mmproj", str(mmproj), "--json", "--max-tokens", "4"]
+    model = ["-m", str(text), "--mmproj", str(mmproj), "--json", "--no-tools", "--max-tokens", "4"]
     from_stdin = run_cli("ask", *model, "-a", "-", "Describe.", env=cli_env, stdin=red_png.read_bytes())
     assert from_stdin.returncode == 0, from_stdin.stderr
     assert events_of(from_stdin)[0]["images"][0]["source"] == "<stdin>"
@@ -130,7 +133,7 @@ def test_image_from_stdin_and_prompt_from_stdin(demo_pair, red_png, cli_env):
 
 
 def test_demo_catalog_model_is_generated_on_first_use(cli_env):
-    result = run_cli("ask", "-m", "demo", "--max-tokens", "4", "hello", env=cli_env)
+    result = run_cli("ask", "-m", "demo", "--no-tools", "--max-tokens", "4", "hello", env=cli_env)
     assert result.returncode == 0, result.stderr
     result = run_cli("models", "list", env=cli_env)
     assert any(line.startswith("demo") and "ready" in line for line in result.stdout.decode().splitlines())

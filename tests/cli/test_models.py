@@ -45,10 +45,10 @@ def test_pull_downloads_verifies_and_the_model_then_answers(hub, hub_env, demo_p
     ]
     assert "ready" in listed[0]
 
-    answer = run_cli("ask", "-m", "llava-1.5-7b", "--max-tokens", "4", "hi", env=hub_env)
+    answer = run_cli("ask", "-m", "llava-1.5-7b", "--no-tools", "--max-tokens", "4", "hi", env=hub_env)
     assert answer.returncode == 0, answer.stderr
     # With no -m, a downloaded catalog model is used.
-    assert run_cli("ask", "--max-tokens", "2", "hi", env=hub_env).returncode == 0
+    assert run_cli("ask", "--no-tools", "--max-tokens", "2", "hi", env=hub_env).returncode == 0
 
 
 def test_pull_resolves_globs_against_the_repo_listing(hub, hub_env, tmp_path):

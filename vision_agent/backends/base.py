@@ -17,6 +17,7 @@ class GenerationRequest:
     max_tokens: int = 512
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    grammar: str | None = None  # GBNF the output must match; backends without grammar support ignore it
 
 
 @dataclass(frozen=True)

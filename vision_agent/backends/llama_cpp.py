@@ -132,6 +132,7 @@ class LlamaCppBackend:
             typical_p=1.0,
             repeat_penalty=1.0,
             stopping_criteria=cap,
+            grammar=self._grammar(request.grammar),
             stream=True,
         )
         reason = "length"
@@ -153,6 +154,13 @@ class LlamaCppBackend:
             images_encoded=images_encoded,
         )
         yield Finished(reason="stop" if reason == "stop" else "length", usage=usage)
+
+    def _grammar(self, text: str | None):
+        if text is None:
+            return None
+        import llama_cpp
+
+        return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
 
     def _evaluate_prompt(self, text: str, images: list[ImagePart]) -> int:
         """Tokenise text + images with libmtmd and evaluate every chunk from position 0."""

@@ -1,36 +1,51 @@
-"""One-shot `ask`: the answer streams to stdout; diagnostics go to stderr; --json writes events."""
+"""One-shot `ask`: the answer streams to stdout; thoughts, tool calls and diagnostics go to stderr.
+
+With --json every event goes to stdout as one JSON line. Ctrl-C cancels the run cleanly (the stream
+still ends with `done`); a second Ctrl-C exits at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import queue
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from vision_agent.config import Settings
-from vision_agent.errors import ConfigError
-from vision_agent.events import Done, Event, Token, to_json
+from vision_agent.errors import EXIT_INTERRUPTED, ConfigError
+from vision_agent.events import Done, Event, Notice, Token, ToolCall, ToolResult, to_json
 from vision_agent.messages import ImagePart
 
 
 def ask(args: argparse.Namespace, settings: Settings) -> int:
+    from vision_agent.agent import Agent
     from vision_agent.backends.factory import make_backend
     from vision_agent.catalog import resolve_model
-    from vision_agent.chat import run_turn, system_message
+    from vision_agent.history import load_last, save_last
     from vision_agent.messages import Conversation
+    from vision_agent.tooling import apply_tool_flags, build_registry
 
     images = load_attachments(args.attach, settings)  # before the model loads: bad input fails fast
-    prompt = read_prompt(args.prompt, stdin_taken="-" in args.attach)
+    stdin_used = "-" in args.attach
+    prompt = read_prompt(args.prompt, stdin_taken=stdin_used)
+    settings.tools = apply_tool_flags(settings.tools, args.tools, args.no_tools, args.tool_policy or [])
+    registry = build_registry(settings)
+    conversation = load_last() if args.continue_conversation else Conversation()
+    interactive = not args.json and not stdin_used and sys.stdin.isatty() and sys.stderr.isatty()
     backend = make_backend(resolve_model(settings.model), settings.model)
     try:
-        conversation = Conversation()
-        system = system_message(settings.agent.system_prompt)
-        if system:
-            conversation.add(system)
-        events = run_turn(backend, conversation, prompt, images, settings.generation)
-        return write_events(events, sys.stdout, sys.stderr, json_lines=args.json)
+        agent = Agent(backend, settings, registry, approver=terminal_approver() if interactive else None)
+        cancel = threading.Event()
+        events = in_background(lambda: agent.stream(prompt, images, conversation, cancel))
+        code = write_events(events, sys.stdout, sys.stderr, json_lines=args.json, cancel=cancel)
     finally:
         backend.close()
+    if code == 0:
+        save_last(conversation)
+    return code
 
 
 def load_attachments(paths: list[str], settings: Settings) -> list[ImagePart]:
@@ -57,23 +72,136 @@ def read_prompt(prompt: str | None, *, stdin_taken: bool) -> str:
     return prompt.strip()
 
 
-def write_events(events: Iterable[Event], out: TextIO, err: TextIO, *, json_lines: bool) -> int:
+def terminal_approver(err: TextIO = sys.stderr, answers: TextIO = sys.stdin):
+    """Asks on the terminal before a tool under the `ask` policy runs."""
+
+    def approve(tool: str, arguments: dict) -> bool:
+        shown = json.dumps(arguments, ensure_ascii=False)
+        err.write(f"\nvision-agent: run {tool} {shown[:400]}? [y/N] ")
+        err.flush()
+        return answers.readline().strip().lower() in ("y", "yes")
+
+    return approve
+
+
+def in_background(start) -> Iterator[Event]:
+    """Run the event stream in a worker thread so that Ctrl-C reaches the main thread at once."""
+    events: queue.Queue = queue.Queue()
+    end = object()
+
+    def work():
+        try:
+            for event in start():
+                events.put(event)
+        finally:
+            events.put(end)
+
+    threading.Thread(target=work, name="agent", daemon=True).start()
+    while True:
+        event = events.get()
+        if event is end:
+            return
+        yield event
+
+
+def write_events(
+    events: Iterable[Event], out: TextIO, err: TextIO, *, json_lines: bool, cancel: threading.Event | None = None
+) -> int:
     """Render the stream; return the exit code its final `done` implies."""
+    view = _JsonView(out) if json_lines else _TextView(out, err)
     exit_code = 0
-    wrote_text = False
-    for event in events:
-        if json_lines:
-            out.write(to_json(event) + "\n")
-            out.flush()
-        elif isinstance(event, Token):
-            out.write(event.text)
-            out.flush()
-            wrote_text = True
+    iterator = iter(events)
+    while True:
+        try:
+            event = next(iterator)
+        except StopIteration:
+            break
+        except KeyboardInterrupt:
+            if cancel is None or cancel.is_set():
+                raise
+            cancel.set()  # the run stops at the next token or between steps, and still ends with `done`
+            err.write("\nvision-agent: cancelling… (Ctrl-C again to quit at once)\n")
+            err.flush()
+            continue
+        view.show(event)
         if isinstance(event, Done):
-            if not json_lines and wrote_text:
-                out.write("\n")
-                out.flush()
-            if event.error is not None:
-                err.write(f"vision-agent: {event.error.message}\n")
-                exit_code = event.error.exit_code
+            exit_code = _exit_code(event)
+            if not json_lines:
+                view.finish(event)
     return exit_code
+
+
+def _exit_code(done: Done) -> int:
+    if done.status == "cancelled":
+        return EXIT_INTERRUPTED
+    return done.error.exit_code if done.error is not None else 0
+
+
+class _JsonView:
+    def __init__(self, out: TextIO):
+        self.out = out
+
+    def show(self, event: Event) -> None:
+        self.out.write(to_json(event) + "\n")
+        self.out.flush()
+
+
+class _TextView:
+    """Answer text on stdout; the agent's working (thoughts, calls, results) on stderr."""
+
+    def __init__(self, out: TextIO, err: TextIO):
+        self.out, self.err = out, err
+        self.wrote_answer = False
+        self.err_mid_line = False
+        self.dim = err.isatty()
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Token):
+            if event.part == "answer":
+                if self.err_mid_line:
+                    self._line("")
+                self.out.write(event.text)
+                self.out.flush()
+                self.wrote_answer = True
+            else:
+                if not self.err_mid_line:
+                    self._err("thought: ")
+                self._err(event.text, dim=True)
+                self.err_mid_line = True
+        elif isinstance(event, ToolCall):
+            self._line(f"→ {event.tool} {json.dumps(event.arguments, ensure_ascii=False)[:300]}")
+        elif isinstance(event, ToolResult):
+            lines = event.output.splitlines() or [""]
+            more = f" (+{len(lines) - 6} lines)" if len(lines) > 6 else ""
+            status = "ok" if event.ok else "error"
+            body = "\n  ".join(line[:200] for line in lines[:6])
+            self._line(f"← {event.tool} {status} ({event.seconds:.2f} s): {body}{more}")
+        elif isinstance(event, Notice):
+            self._line(f"vision-agent: note: {event.message}")
+
+    def finish(self, done: Done) -> None:
+        if self.wrote_answer:
+            self.out.write("\n")
+            self.out.flush()
+        if done.status == "max_steps":
+            self._line(
+                f"vision-agent: the step limit was reached after {done.steps - 1} steps; answered without more tools"
+            )
+        elif done.status == "cancelled":
+            self._line("vision-agent: cancelled")
+        elif done.error is not None:
+            self._line(f"vision-agent: {done.error.message}")
+        elif self.err_mid_line:
+            self._line("")
+
+    def _line(self, text: str) -> None:
+        if self.err_mid_line:
+            self.err.write("\n")
+            self.err_mid_line = False
+        if text:
+            self.err.write(text + "\n")
+        self.err.flush()
+
+    def _err(self, text: str, dim: bool = False) -> None:
+        self.err.write(f"\x1b[2m{text}\x1b[0m" if dim and self.dim else text)
+        self.err.flush()

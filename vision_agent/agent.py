@@ -1,0 +1,331 @@
+"""The observe → interpret → act loop: one typed event stream per user turn.
+
+Each step, the model writes a thought and then either calls a tool or answers. Tool results come
+back as delimited observations, errors included, and the loop goes on until an answer, the step cap
+(then one last step with the tools withdrawn), cancellation, or a failure that ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from vision_agent.actions import AnswerStep, StepStreamer, ToolStep, parse_step, step_grammar
+from vision_agent.backends.base import Backend, Finished, GenerationRequest, TextDelta
+from vision_agent.config import Settings
+from vision_agent.errors import StepFormatError, ToolError, VisionAgentError
+from vision_agent.events import (
+    Answer,
+    Done,
+    ErrorInfo,
+    Event,
+    ImageRef,
+    Notice,
+    RunStarted,
+    Token,
+    ToolCall,
+    ToolResult,
+    UsageInfo,
+)
+from vision_agent.messages import Conversation, ImagePart, Message
+from vision_agent.prompts import load_prompt
+from vision_agent.tooling import Tool, ToolContext, ToolRegistry
+
+log = logging.getLogger(__name__)
+
+# Decides whether a call under the "ask" policy may run; None means nobody is there to ask.
+Approver = Callable[[str, dict], bool]
+TRUNCATION_MARKER = "\n[… {n:,} characters truncated …]\n"
+_RESULT_MARKERS = ("<<<TOOL_RESULT", "TOOL_RESULT>>>")
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class _Run:
+    """What one run accumulates: the messages of this turn and the usage totals."""
+
+    messages: list[Message]
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images_encoded: int = 0
+    format_errors: int = 0
+    finishes: list[Finished] = field(default_factory=list)
+
+    def usage_info(self) -> UsageInfo:
+        return UsageInfo(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            images_encoded=self.images_encoded,
+        )
+
+
+class Agent:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        registry: ToolRegistry | None = None,
+        approver: Approver | None = None,
+    ):
+        self.backend = backend
+        self.settings = settings
+        self.registry = registry
+        self.approver = approver
+
+    def stream(
+        self,
+        prompt: str,
+        images: list[ImagePart],
+        conversation: Conversation,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Run one user turn. The conversation gains the turn only when the run ends with an answer."""
+        cancel = cancel or threading.Event()
+        yield RunStarted(
+            model=self.backend.label,
+            prompt=prompt,
+            images=[ImageRef(sha256=i.sha256, width=i.width, height=i.height, source=i.source) for i in images],
+        )
+        run = _Run(messages=[Message.user(prompt, images)])
+        tools = self.registry.enabled() if self.registry else []
+        try:
+            if tools:
+                yield from self._agent_loop(run, tools, conversation, cancel)
+            else:
+                yield from self._plain_turn(run, conversation, cancel)
+        except Cancelled:
+            yield Done(status="cancelled", steps=run.steps, usage=run.usage_info())
+        except VisionAgentError as exc:
+            yield self._failed(run, exc.kind, str(exc), exc.exit_code)
+        except Exception as exc:  # a bug or an unexpected llama.cpp failure: still end the stream properly
+            log.debug("the run failed", exc_info=True)
+            yield self._failed(run, "internal", f"{type(exc).__name__}: {exc}", 1)
+
+    # -- the two modes ------------------------------------------------------------------------------
+
+    def _plain_turn(self, run: _Run, conversation: Conversation, cancel: threading.Event) -> Iterator[Event]:
+        """No tools enabled: exactly the model's chat format, every token part of the answer."""
+        request = self._request(self._system_text(None), conversation, run.messages, grammar=None)
+        pieces: list[str] = []
+        for delta in self._generate(request, run, cancel):
+            pieces.append(delta)
+            yield Token(text=delta, part="answer")
+        answer = "".join(pieces)
+        conversation.messages.extend([*run.messages, Message.assistant(answer)])
+        yield Answer(text=answer, finish_reason=run.finishes[-1].reason)
+        yield Done(status="ok", steps=run.steps, usage=run.usage_info())
+
+    def _agent_loop(
+        self, run: _Run, tools: list[Tool], conversation: Conversation, cancel: threading.Event
+    ) -> Iterator[Event]:
+        agent = self.settings.agent
+        system = self._system_text(tools)
+        bounds = {"max_thought_chars": agent.max_thought_chars, "max_argument_chars": agent.max_argument_chars}
+        grammar = step_grammar(tools, **bounds)
+        while True:
+            final = run.steps >= agent.max_steps
+            if final:
+                run.messages.append(Message.user(load_prompt("agent/final.txt").format(max_steps=agent.max_steps)))
+                grammar = step_grammar([], **bounds)
+            request = self._request(system, conversation, run.messages, grammar=grammar)
+            streamer = StepStreamer()
+            pieces: list[str] = []
+            for delta in self._generate(request, run, cancel):
+                pieces.append(delta)
+                for part, text in streamer.feed(delta):
+                    yield Token(text=text, part=part)
+            for part, text in streamer.finish():
+                yield Token(text=text, part=part)
+            text = "".join(pieces)
+            run.messages.append(Message.assistant(text))
+            try:
+                step = parse_step(text)
+            except StepFormatError as exc:
+                if run.finishes[-1].reason == "length":
+                    exc = StepFormatError(
+                        f"{exc}; the step was cut off at the {self.settings.generation.max_tokens}-token limit"
+                    )
+                if final or run.format_errors >= agent.format_retries:
+                    raise StepFormatError(
+                        f"the model did not follow the step format ({exc}) after {run.format_errors + 1} tries"
+                    ) from None
+                run.format_errors += 1
+                yield Notice(message=f"step {run.steps}: malformed ({exc}); asking the model again")
+                run.messages.append(Message.user(load_prompt("agent/format_error.txt").format(error=exc)))
+                continue
+            if isinstance(step, AnswerStep):
+                conversation.messages.extend(run.messages)
+                yield Answer(text=step.answer, finish_reason=run.finishes[-1].reason)
+                yield Done(status="max_steps" if final else "ok", steps=run.steps, usage=run.usage_info())
+                return
+            if final:  # only possible without a grammar: the model insists on a tool
+                raise StepFormatError(f"the model called {step.tool} after the step limit instead of answering")
+            yield from self._act(step, run, conversation, cancel)
+
+    def _act(self, step: ToolStep, run: _Run, conversation: Conversation, cancel: threading.Event) -> Iterator[Event]:
+        arguments = _as_arguments(step.arguments, self.registry.get(step.tool))
+        yield ToolCall(step=run.steps, tool=step.tool, arguments=arguments)
+        started = time.monotonic()
+        ok, output = self._call_tool(step.tool, arguments, run, conversation, cancel)
+        if cancel.is_set():
+            raise Cancelled
+        if not ok and output.startswith("refused: "):
+            yield Notice(message=f"{step.tool}: {output.removeprefix('refused: ')}")
+        shown, truncated = _truncate(output, self.settings.agent.max_result_chars)
+        yield ToolResult(
+            step=run.steps,
+            tool=step.tool,
+            ok=ok,
+            output=shown,
+            truncated=truncated,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        observation = load_prompt("agent/observation.txt").format(
+            tool=step.tool, status="ok" if ok else "error", result=_defang(shown)
+        )
+        run.messages.append(Message.user(observation))
+
+    # -- tools ----------------------------------------------------------------------------------------
+
+    def _call_tool(
+        self, name: str, arguments: dict, run: _Run, conversation: Conversation, cancel: threading.Event
+    ) -> tuple[bool, str]:
+        tool = self.registry.get(name)
+        if tool is None or self.registry.policy(name) == "off":
+            available = ", ".join(t.name for t in self.registry.enabled())
+            return False, f"unknown tool {name!r}; the available tools are: {available}"
+        if self.registry.policy(name) == "ask":
+            refusal = self._approval(name, arguments)
+            if refusal:
+                return False, "refused: " + refusal
+        images = [*conversation.images, *(i for m in run.messages for i in m.images)]
+        context = ToolContext(images=images, settings=self.registry.settings, cancel=cancel)
+        return _run_with_timeout(tool, arguments, context, self.registry.settings.timeout_s)
+
+    def _approval(self, name: str, arguments: dict) -> str | None:
+        """None when approved; otherwise the observation's reason."""
+        if self.approver is None:
+            reason = "nobody is available to approve it (not an interactive terminal)"
+        else:
+            try:
+                if self.approver(name, arguments):
+                    return None
+                reason = "the user declined"
+            except Exception as exc:  # e.g. the terminal went away mid-question
+                reason = f"approval failed ({type(exc).__name__})"
+        return load_prompt("agent/refused.txt").format(tool=name, reason=reason)
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def _system_text(self, tools: list[Tool] | None) -> str:
+        base = self.settings.agent.system_prompt
+        base = load_prompt("system.txt") if base is None else base
+        if not tools:
+            return base
+        listing = "\n".join(
+            f"- {t.name}: {t.description}\n  Input schema: {json.dumps(t.parameters.get('properties', {}))}"
+            for t in tools
+        )
+        instructions = load_prompt("agent/tools.txt").format(tools=listing)
+        return f"{base}\n\n{instructions}" if base else instructions
+
+    def _request(
+        self, system: str, conversation: Conversation, messages: list[Message], grammar: str | None
+    ) -> GenerationRequest:
+        generation = self.settings.generation
+        history = [m for m in conversation.messages if m.role != "system"]
+        prefix = [Message.system(system)] if system else []
+        return GenerationRequest(
+            messages=[*prefix, *history, *messages],
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            max_tokens=generation.max_tokens,
+            seed=generation.seed,
+            stop=list(generation.stop),
+            grammar=grammar,
+        )
+
+    def _generate(self, request: GenerationRequest, run: _Run, cancel: threading.Event) -> Iterator[str]:
+        if cancel.is_set():
+            raise Cancelled
+        run.steps += 1
+        stream = self.backend.generate(request)
+        try:
+            for chunk in stream:
+                if isinstance(chunk, TextDelta):
+                    yield chunk.text
+                    if cancel.is_set():
+                        raise Cancelled
+                elif isinstance(chunk, Finished):
+                    run.finishes.append(chunk)
+                    run.prompt_tokens = chunk.usage.prompt_tokens
+                    run.completion_tokens += chunk.usage.completion_tokens
+                    run.images_encoded += chunk.usage.images_encoded
+        finally:
+            stream.close()
+
+    def _failed(self, run: _Run, kind: str, message: str, exit_code: int) -> Done:
+        return Done(
+            status="error",
+            steps=run.steps,
+            usage=run.usage_info(),
+            error=ErrorInfo(kind=kind, message=message, exit_code=exit_code),
+        )
+
+
+def _as_arguments(value: object, tool: Tool | None) -> dict:
+    """A bare value for a one-parameter tool is taken as that parameter (small models do this)."""
+    if isinstance(value, dict):
+        return value
+    properties = list((tool.parameters.get("properties") or {}) if tool else {})
+    if len(properties) >= 1 and isinstance(value, (str, int, float)):
+        return {properties[0]: value}
+    return {"value": value}
+
+
+def _run_with_timeout(tool: Tool, arguments: dict, context: ToolContext, timeout: float) -> tuple[bool, str]:
+    """Run a tool in a daemon thread: a hung plugin costs its timeout, never the session."""
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["ok"] = (True, tool.run(arguments, context))
+        except ToolError as exc:
+            outcome["ok"] = (False, str(exc))
+        except Exception as exc:
+            log.debug("tool %s failed", tool.name, exc_info=True)
+            outcome["ok"] = (False, f"the tool failed: {type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=work, name=f"tool-{tool.name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive():
+        thread.join(0.05)
+        if context.cancel.is_set():
+            return False, "cancelled"
+        if time.monotonic() > deadline:
+            return False, f"the tool did not finish within {timeout:g} s"
+    return outcome["ok"]
+
+
+def _truncate(text: str, limit: int) -> tuple[str, bool]:
+    if len(text) <= limit:
+        return text, False
+    head = limit * 3 // 4
+    tail = limit - head
+    return text[:head] + TRUNCATION_MARKER.format(n=len(text) - head - tail) + text[-tail:], True
+
+
+def _defang(text: str) -> str:
+    """A result cannot close its own delimiters and pose as instructions."""
+    for marker in _RESULT_MARKERS:
+        text = text.replace(marker, "[marker removed]")
+    return text
