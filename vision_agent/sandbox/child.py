@@ -124,6 +124,8 @@ def run(request, raw):
     def write_guard(obj):
         if np is not None and isinstance(obj, np.ndarray):
             return obj  # numpy itself refuses writes to the read-only image
+        if isinstance(obj, _Namespace):
+            raise TypeError(f"module {obj._name} is read-only in the sandbox")
         return full_write_guard(obj)
 
     builtins = dict(safe_builtins)
@@ -173,8 +175,8 @@ def run(request, raw):
     if has_value and glb.get(RESULT_NAME) is not None:
         try:
             value = repr(glb[RESULT_NAME])
-        except Exception as exc:
-            value = f"<unprintable value: {type(exc).__name__}>"
+        except (Exception, RecursionError) as exc:
+            return {"ok": False, "error": f"the final value cannot be shown: {_describe(exc)}", "output": _printed(glb)}
     return {"ok": True, "output": _printed(glb), "value": value}
 
 
