@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from tests.conftest import png_bytes
 from vision_agent.config import PythonToolSettings
 from vision_agent.images import decode_image
 from vision_agent.sandbox import run_python
-from tests.conftest import png_bytes
 
 LIMITS = PythonToolSettings(timeout_s=5, cpu_s=1, memory_mb=512, max_output_chars=5000)
 
@@ -32,7 +32,10 @@ HOSTILE = {
     "generator_frame": ("g = (i for i in [1])\ng.gi_frame.f_back.f_globals", "gi_frame"),
     "generator_code": ("def f():\n    yield 1\nf().gi_code", "gi_code"),
     "traceback_frame": ("try:\n    1/0\nexcept Exception as e:\n    e.__traceback__.tb_frame", 'starts with "_"'),
-    "frame_via_exception": ("try:\n    1/0\nexcept Exception as e:\n    tb = e.with_traceback(None)\n    tb.tb_frame", "tb_frame"),
+    "frame_via_exception": (
+        "try:\n    1/0\nexcept Exception as e:\n    tb = e.with_traceback(None)\n    tb.tb_frame",
+        "tb_frame",
+    ),
     # imports
     "import_os": ("import os\nos.system('id')", "not allowed"),
     "import_sys": ("import sys\nsys.modules", "not allowed"),
@@ -61,7 +64,10 @@ HOSTILE = {
     "huge_sum": ("sum(i * i for i in range(10**12))", "CPU time limit"),
     "huge_power": ("x = 7 ** (10**9)", "limit"),
     "infinite_generator": ("def f():\n    while True:\n        yield 1\nfor _x in f():\n    pass", "_x"),
-    "infinite_generator_plain": ("def f():\n    while True:\n        yield 1\nfor x in f():\n    pass", "CPU time limit"),
+    "infinite_generator_plain": (
+        "def f():\n    while True:\n        yield 1\nfor x in f():\n    pass",
+        "CPU time limit",
+    ),
     # memory bombs
     "big_string": ("x = 'a' * (10**10)", "MemoryError"),
     "big_list": ("x = [0] * (10**9)", "MemoryError"),

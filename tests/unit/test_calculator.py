@@ -7,8 +7,8 @@ import time
 import pytest
 
 from vision_agent.errors import ToolError
-from vision_agent.tooling import ToolContext, load_tools
 from vision_agent.resources import data_path
+from vision_agent.tooling import ToolContext, load_tools
 
 
 @pytest.fixture(scope="module")

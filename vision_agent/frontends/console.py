@@ -39,8 +39,8 @@ def ask(args: argparse.Namespace, settings: Settings) -> int:
     try:
         agent = Agent(backend, settings, registry, approver=terminal_approver() if interactive else None)
         cancel = threading.Event()
-        events = in_background(lambda: agent.stream(prompt, images, conversation, cancel))
-        code = write_events(events, sys.stdout, sys.stderr, json_lines=args.json, cancel=cancel)
+        events = in_background(lambda: agent.stream(prompt, images, conversation, cancel), cancel)
+        code = write_events(events, sys.stdout, sys.stderr, json_lines=args.json)
     finally:
         backend.close()
     if code == 0:
@@ -84,8 +84,11 @@ def terminal_approver(err: TextIO = sys.stderr, answers: TextIO = sys.stdin):
     return approve
 
 
-def in_background(start) -> Iterator[Event]:
-    """Run the event stream in a worker thread so that Ctrl-C reaches the main thread at once."""
+def in_background(start, cancel: threading.Event, err: TextIO = sys.stderr) -> Iterator[Event]:
+    """Run the event stream in a worker thread so that Ctrl-C reaches the main thread at once.
+
+    The first Ctrl-C asks the run to stop (it still ends with `done`); a second one quits.
+    """
     events: queue.Queue = queue.Queue()
     end = object()
 
@@ -98,31 +101,25 @@ def in_background(start) -> Iterator[Event]:
 
     threading.Thread(target=work, name="agent", daemon=True).start()
     while True:
-        event = events.get()
+        try:
+            event = events.get()
+        except KeyboardInterrupt:
+            if cancel.is_set():
+                raise
+            cancel.set()
+            err.write("\nvision-agent: cancelling… (Ctrl-C again to quit at once)\n")
+            err.flush()
+            continue
         if event is end:
             return
         yield event
 
 
-def write_events(
-    events: Iterable[Event], out: TextIO, err: TextIO, *, json_lines: bool, cancel: threading.Event | None = None
-) -> int:
+def write_events(events: Iterable[Event], out: TextIO, err: TextIO, *, json_lines: bool) -> int:
     """Render the stream; return the exit code its final `done` implies."""
     view = _JsonView(out) if json_lines else _TextView(out, err)
     exit_code = 0
-    iterator = iter(events)
-    while True:
-        try:
-            event = next(iterator)
-        except StopIteration:
-            break
-        except KeyboardInterrupt:
-            if cancel is None or cancel.is_set():
-                raise
-            cancel.set()  # the run stops at the next token or between steps, and still ends with `done`
-            err.write("\nvision-agent: cancelling… (Ctrl-C again to quit at once)\n")
-            err.flush()
-            continue
+    for event in events:
         view.show(event)
         if isinstance(event, Done):
             exit_code = _exit_code(event)
