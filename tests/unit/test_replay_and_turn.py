@@ -1,4 +1,4 @@
-"""The chat turn core and the replay backend (scripted turns through the real Backend interface)."""
+"""The plain chat turn (the agent with no tools) and the replay backend (scripted turns, real Backend interface)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import json
 import pytest
 
 from tests.conftest import png_bytes
+from vision_agent.agent import Agent
 from vision_agent.backends.replay import ReplayBackend, parse_script
-from vision_agent.chat import run_turn, system_message
-from vision_agent.config import GenerationSettings
+from vision_agent.config import GenerationSettings, load_settings
 from vision_agent.errors import ModelFileError
 from vision_agent.events import Answer, Done, RunStarted, Token, from_json, to_json
 from vision_agent.images import decode_image
-from vision_agent.messages import Conversation, Message
+from vision_agent.messages import Conversation
+
+
+def run_turn(backend, conversation, prompt, images, generation, system_prompt=""):
+    settings = load_settings(None, {"tools": {"default_policy": "off"}, "agent": {"system_prompt": system_prompt}})
+    settings.generation = generation
+    return Agent(backend, settings).stream(prompt, images, conversation)
 
 
 def image():
@@ -75,7 +81,14 @@ def test_script_formats(tmp_path):
         parse_script(as_json)
 
 
-def test_system_prompt_default_empty_and_custom():
-    assert "assistant" in system_message(None).text  # prompts/system.txt
-    assert system_message("") is None
-    assert system_message("Be brief.") == Message.system("Be brief.")
+@pytest.mark.parametrize(
+    "system_prompt, expected", [(None, "careful visual assistant"), ("", None), ("Be brief.", "Be brief.")]
+)
+def test_system_prompt_default_empty_and_custom(system_prompt, expected):
+    backend = ReplayBackend(["ok"])
+    list(run_turn(backend, Conversation(), "x", [], GenerationSettings(), system_prompt=system_prompt))
+    first = backend.requests[0].messages[0]
+    if expected is None:
+        assert first.role == "user"
+    else:
+        assert first.role == "system" and expected in first.text
