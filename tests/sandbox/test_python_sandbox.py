@@ -71,7 +71,7 @@ HOSTILE = {
     # memory bombs
     "big_string": ("x = 'a' * (10**10)", "MemoryError"),
     "big_list": ("x = [0] * (10**9)", "MemoryError"),
-    "growing_list": ("x = []\nwhile True:\n    x.append('x' * 10**6)", "MemoryError"),
+    "growing_list": ("x = []\nwhile True:\n    x.append('x' * 10**7)", "MemoryError|CPU time limit"),
     # deep recursion
     "recursion": ("def f(n):\n    return f(n + 1)\nf(0)", "RecursionError"),
     "nested_repr": ("x = []\nfor i in range(100000):\n    x = [x]\nx", "RecursionError"),
@@ -117,7 +117,7 @@ def test_hostile_program_is_refused_or_contained(name, image, tmp_path, monkeypa
     started = time.monotonic()
     result = run_python(code, LIMITS, image=image)
     assert not result.ok, result
-    assert expected in (result.error or ""), result.error
+    assert any(option in (result.error or "") for option in expected.split("|")), result.error
     assert "s3cret" not in (result.error or "") + result.output
     assert time.monotonic() - started < LIMITS.timeout_s + 2
     # the parent is unharmed: no files where it runs, its modules and environment untouched

@@ -87,7 +87,7 @@ def test_refused_inputs_fail_fast_with_a_clear_message(calculator, expression, m
     started = time.monotonic()
     with pytest.raises(ToolError) as caught:
         calc(calculator, expression)
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.5  # refused before any big number is built
     assert message in str(caught.value)
 
 
