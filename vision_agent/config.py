@@ -16,6 +16,7 @@ from vision_agent.errors import ConfigError
 
 ChatFormat = Literal["auto", "gguf", "vicuna", "mistral", "chatml"]
 CONFIG_FILE_NAME = "vision-agent.toml"
+MIB = 1024 * 1024
 
 
 class _Section(BaseModel):
@@ -31,6 +32,11 @@ class ModelSettings(_Section):
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int | None = Field(None, ge=-1, description="None: all layers when the build can offload")
     mmproj_offload: bool = True
+    kv_reuse: bool = Field(True, description="keep the KV cache between calls; evaluate only what is new")
+    image_cache_mb: int = Field(256, ge=0, description="image embeddings kept by image hash (LRU); 0: off")
+    state_cache_mb: int = Field(
+        2048, ge=0, description="saved KV states of other conversations in host memory (LRU); 0: off"
+    )
     models_dir: Path | None = None
 
 

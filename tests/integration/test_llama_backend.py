@@ -69,7 +69,9 @@ def test_seeded_sampling_is_reproducible(backend, red_png):
     assert a == b
 
 
-def test_two_images_in_one_prompt(backend, red_png, blue_png):
+def test_two_images_in_one_prompt(demo_pair, red_png, blue_png):
+    text, mmproj = demo_pair
+    backend = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=1024))
     red, blue = read_image_file(red_png, **LIMITS), read_image_file(blue_png, **LIMITS)
     _, finished, _ = generate(backend, [Message.user("Compare them.", [red, blue])], temperature=0, max_tokens=8)
     assert finished.usage.images_encoded == 2

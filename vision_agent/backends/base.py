@@ -29,7 +29,9 @@ class TextDelta:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt positions llama.cpp already held (not evaluated again)
     images_encoded: int = 0
+    images_cached: int = 0  # image embeddings taken from the cache instead of encoded
 
 
 @dataclass(frozen=True)

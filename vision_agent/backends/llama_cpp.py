@@ -1,20 +1,23 @@
 """The llama.cpp backend: a GGUF text model plus its mmproj, driven through libmtmd.
 
-Prompt evaluation is ours (chunk by chunk through libmtmd); sampling and detokenisation reuse
-llama-cpp-python's create_completion on the evaluated prompt, exactly as its MTMDChatHandler does.
+Prompt evaluation is ours (mtmd_prompt.PromptEvaluator: only what the KV cache does not hold yet, images
+from an embedding cache); sampling and detokenisation reuse llama-cpp-python's create_completion on the
+evaluated prompt, exactly as its MTMDChatHandler does.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from vision_agent.backends import llama_log
 from vision_agent.backends.base import Chunk, Finished, GenerationRequest, TextDelta, Usage
+from vision_agent.backends.caches import ByteBoundedLRU, SnapshotStore
+from vision_agent.backends.mtmd_prompt import EvalStats, PromptEvaluator
 from vision_agent.catalog import ResolvedModel
 from vision_agent.chat_format import choose_template, render_prompt
-from vision_agent.config import ModelSettings
+from vision_agent.config import MIB, ModelSettings
 from vision_agent.errors import BackendError, ContextOverflowError, ModelFileError, ModelMismatchError
 from vision_agent.gguf_info import check_pair, read_summary
 from vision_agent.messages import ImagePart
@@ -27,7 +30,8 @@ def gpu_offload_supported() -> bool:
 
 
 class LlamaCppBackend:
-    def __init__(self, model: ResolvedModel, settings: ModelSettings):
+    def __init__(self, model: ResolvedModel, settings: ModelSettings, embedding_cache: ByteBoundedLRU | None = None):
+        """`embedding_cache` may be shared between backends: its keys name the projector file."""
         text_info = read_summary(model.text)
         if model.mmproj is None:
             raise ModelFileError(f"no projector for {model.text}: pass --mmproj PATH")
@@ -56,6 +60,14 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"llama.cpp could not load {model.text}: {llama_log.last_error(str(exc))}") from None
         self._mtmd = self._init_mtmd(str(model.mmproj), settings)
+        self._evaluator = PromptEvaluator(
+            self.llama,
+            self._mtmd,
+            _file_identity(model.mmproj),
+            reuse_prompt=settings.kv_reuse,
+            embeddings=embedding_cache or ByteBoundedLRU(settings.image_cache_mb * MIB),
+            snapshots=SnapshotStore(settings.state_cache_mb * MIB),
+        )
         self.template = choose_template(model.chat_format, text_info.chat_template)
 
     def _init_mtmd(self, mmproj_path: str, settings: ModelSettings):
@@ -110,7 +122,7 @@ class LlamaCppBackend:
         llama = self.llama
         images = [part for message in request.messages for part in message.images]
         prompt_text = self.render(request)
-        images_encoded = self._evaluate_prompt(prompt_text, images)
+        stats = self._evaluate_prompt(prompt_text, images)
         prompt = llama.input_ids[: llama.n_tokens].tolist()
         prompt_len = len(prompt)
         limit = prompt_len + request.max_tokens
@@ -145,13 +157,16 @@ class LlamaCppBackend:
                     reason = choice["finish_reason"]
         finally:
             stream.close()
+            self._evaluator.sync_after_generation(prompt_len)
         if llama.n_tokens >= limit:
             reason = "length"
         usage = Usage(
             prompt_tokens=prompt_len,
             # Tokens sampled: the last one is never evaluated, hence the + 1.
             completion_tokens=min(request.max_tokens, max(0, llama.n_tokens - prompt_len + 1)),
-            images_encoded=images_encoded,
+            cached_tokens=stats.reused,
+            images_encoded=stats.images_encoded,
+            images_cached=stats.images_from_cache,
         )
         yield Finished(reason="stop" if reason == "stop" else "length", usage=usage)
 
@@ -162,66 +177,21 @@ class LlamaCppBackend:
 
         return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
 
-    def _evaluate_prompt(self, text: str, images: list[ImagePart]) -> int:
-        """Tokenise text + images with libmtmd and evaluate every chunk from position 0."""
-        import llama_cpp
+    def _evaluate_prompt(self, text: str, images: list[ImagePart]) -> EvalStats:
         import llama_cpp.mtmd_cpp as mtmd_cpp
 
-        llama = self.llama
-        bitmaps = [_bitmap(image) for image in images]
         chunks = mtmd_cpp.mtmd_input_chunks_init()
         try:
-            input_text = mtmd_cpp.mtmd_input_text()
-            encoded = text.encode("utf-8")
-            input_text.text = encoded
-            input_text.text_len = len(encoded)
-            input_text.add_special = True
-            input_text.parse_special = True
-            array = (mtmd_cpp.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-            status = mtmd_cpp.mtmd_tokenize(self._mtmd, chunks, ctypes.byref(input_text), array, len(bitmaps))
-            if status != 0:
-                raise BackendError(
-                    f"libmtmd could not tokenise the prompt (code {status}): "
-                    f"{llama_log.last_error('image/marker mismatch or image preprocessing error')}"
-                )
-            n_pos = mtmd_cpp.mtmd_helper_get_n_pos(chunks)
-            if n_pos + 1 >= llama.n_ctx():
-                raise ContextOverflowError(self._overflow_message(n_pos, len(images)))
-
-            llama.reset()
-            llama._ctx.kv_cache_clear()
-            encoded_images = 0
-            for index in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
-                chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, index)
-                kind = mtmd_cpp.mtmd_input_chunk_get_type(chunk)
-                if kind == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                    count = ctypes.c_size_t()
-                    tokens = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-                    if count.value:
-                        llama.eval([tokens[i] for i in range(count.value)])
-                else:
-                    new_n_past = llama_cpp.llama_pos(0)
-                    status = mtmd_cpp.mtmd_helper_eval_chunk_single(
-                        self._mtmd,
-                        llama._ctx.ctx,
-                        chunk,
-                        llama_cpp.llama_pos(llama.n_tokens),
-                        llama_cpp.llama_seq_id(0),
-                        llama.n_batch,
-                        False,
-                        ctypes.byref(new_n_past),
-                    )
-                    if status != 0:
-                        raise BackendError(
-                            f"llama.cpp failed to evaluate an image (code {status}): {llama_log.last_error()}"
-                        )
-                    llama.n_tokens = new_n_past.value
-                    encoded_images += 1
-            return encoded_images
+            prompt = self._evaluator.tokenize(text, images, chunks)
+            if prompt.n_pos + 1 >= self.llama.n_ctx():
+                raise ContextOverflowError(self._overflow_message(prompt.n_pos, len(images)))
+            try:
+                return self._evaluator.evaluate(prompt)
+            except BaseException:
+                self._evaluator.forget()
+                raise
         finally:
             mtmd_cpp.mtmd_input_chunks_free(chunks)
-            for bitmap in bitmaps:
-                mtmd_cpp.mtmd_bitmap_free(bitmap)
 
     def _overflow_message(self, n_tokens: int, n_images: int) -> str:
         return (
@@ -238,15 +208,9 @@ class LlamaCppBackend:
         self.llama.close()
 
 
-def _bitmap(image: ImagePart):
-    import llama_cpp.mtmd_cpp as mtmd_cpp
-
-    data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
-    bitmap = mtmd_cpp.mtmd_bitmap_init(image.width, image.height, data)
-    if not bitmap:
-        raise BackendError(f"libmtmd refused image {image.source or image.sha256[:12]}")
-    mtmd_cpp.mtmd_bitmap_set_id(bitmap, image.sha256.encode())
-    return bitmap
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _piece(piece) -> str:
