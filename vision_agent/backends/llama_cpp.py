@@ -48,6 +48,7 @@ class LlamaCppBackend:
             n_gpu_layers = -1 if gpu_offload_supported() else 0
         self.n_gpu_layers = n_gpu_layers
         self._lock = threading.Lock()
+        self.last_completion_tokens: list[int] = []
         try:
             self.llama = llama_cpp.Llama(
                 model_path=str(model.text),
@@ -65,7 +66,7 @@ class LlamaCppBackend:
             self._mtmd,
             _file_identity(model.mmproj),
             reuse_prompt=settings.kv_reuse,
-            embeddings=embedding_cache or ByteBoundedLRU(settings.image_cache_mb * MIB),
+            embeddings=ByteBoundedLRU(settings.image_cache_mb * MIB) if embedding_cache is None else embedding_cache,
             snapshots=SnapshotStore(settings.state_cache_mb * MIB),
         )
         self.template = choose_template(model.chat_format, text_info.chat_template)
@@ -158,6 +159,8 @@ class LlamaCppBackend:
         finally:
             stream.close()
             self._evaluator.sync_after_generation(prompt_len)
+            # The sampled tokens that were evaluated (all but the last): for equality tests and debugging.
+            self.last_completion_tokens = llama.input_ids[prompt_len : llama.n_tokens].tolist()
         if llama.n_tokens >= limit:
             reason = "length"
         usage = Usage(
