@@ -32,6 +32,9 @@ class ModelSettings(_Section):
     n_threads: int | None = Field(None, ge=1)
     n_gpu_layers: int | None = Field(None, ge=-1, description="None: all layers when the build can offload")
     mmproj_offload: bool = True
+    keep_answer_tokens: bool = Field(
+        True, description="earlier answers enter later prompts as the tokens sampled, not re-tokenised text"
+    )
     kv_reuse: bool = Field(True, description="keep the KV cache between calls; evaluate only what is new")
     image_cache_mb: int = Field(256, ge=0, description="image embeddings kept by image hash (LRU); 0: off")
     state_cache_mb: int = Field(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vision_agent.backends import llama_log
+from vision_agent.backends.answer_tokens import AnswerTokens
 from vision_agent.backends.base import Chunk, Finished, GenerationRequest, TextDelta, Usage
 from vision_agent.backends.caches import ByteBoundedLRU, SnapshotStore
 from vision_agent.backends.mtmd_prompt import EvalStats, PromptEvaluator
@@ -70,6 +71,8 @@ class LlamaCppBackend:
             snapshots=SnapshotStore(settings.state_cache_mb * MIB),
         )
         self.template = choose_template(model.chat_format, text_info.chat_template)
+        self.keep_answer_tokens = settings.keep_answer_tokens
+        self._answers = AnswerTokens()
 
     def _init_mtmd(self, mmproj_path: str, settings: ModelSettings):
         import llama_cpp
@@ -149,10 +152,12 @@ class LlamaCppBackend:
             stream=True,
         )
         reason = "length"
+        pieces = []
         try:
             for piece in stream:
                 choice = piece["choices"][0]
                 if choice["text"]:
+                    pieces.append(choice["text"])
                     yield TextDelta(choice["text"])
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
@@ -163,6 +168,8 @@ class LlamaCppBackend:
             self.last_completion_tokens = llama.input_ids[prompt_len : llama.n_tokens].tolist()
         if llama.n_tokens >= limit:
             reason = "length"
+        if self.keep_answer_tokens:
+            self._record_answer(prompt_text, prompt_len, "".join(pieces))
         usage = Usage(
             prompt_tokens=prompt_len,
             # Tokens sampled: the last one is never evaluated, hence the + 1.
@@ -181,11 +188,8 @@ class LlamaCppBackend:
         return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
 
     def _evaluate_prompt(self, text: str, images: list[ImagePart]) -> EvalStats:
-        import llama_cpp.mtmd_cpp as mtmd_cpp
-
-        chunks = mtmd_cpp.mtmd_input_chunks_init()
-        try:
-            prompt = self._evaluator.tokenize(text, images, chunks)
+        pieces = self._answers.split(text) if self.keep_answer_tokens else [text]
+        with self._evaluator.tokenize(pieces, images) as prompt:
             if prompt.n_pos + 1 >= self.llama.n_ctx():
                 raise ContextOverflowError(self._overflow_message(prompt.n_pos, len(images)))
             try:
@@ -193,8 +197,19 @@ class LlamaCppBackend:
             except BaseException:
                 self._evaluator.forget()
                 raise
-        finally:
-            mtmd_cpp.mtmd_input_chunks_free(chunks)
+
+    def _record_answer(self, prompt_text: str, prompt_len: int, answer: str) -> None:
+        """Remember the sampled tokens behind `answer` (see answer_tokens). The last sampled token was never
+        evaluated, so its text is tokenised; an answer cut by a stop string does not match and is skipped."""
+        llama = self.llama
+        evaluated = llama.input_ids[prompt_len : llama.n_tokens].tolist()
+        prompt = llama.input_ids[:prompt_len].tolist()
+        done = llama.detokenize(evaluated, prev_tokens=prompt).decode("utf-8", errors="ignore")
+        if not answer.startswith(done):
+            return
+        rest = answer[len(done) :]
+        tokens = evaluated + (llama.tokenize(rest.encode(), add_bos=False, special=False) if rest else [])
+        self._answers.record(prompt_text, answer, tokens)
 
     def _overflow_message(self, n_tokens: int, n_images: int) -> str:
         return (

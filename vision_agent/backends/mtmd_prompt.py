@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from vision_agent.backends import llama_log
+from vision_agent.backends.answer_tokens import Piece
 from vision_agent.backends.caches import ByteBoundedLRU, PositionKeys, Snapshot, SnapshotStore, common_prefix
 from vision_agent.errors import BackendError
 from vision_agent.messages import ImagePart
@@ -29,7 +30,7 @@ RESTORE_MIN_GAIN = 16
 
 @dataclass
 class PromptChunk:
-    pointer: object  # mtmd_input_chunk_p, owned by TokenizedPrompt
+    pointer: object  # mtmd_input_chunk_p, owned by TokenizedPrompt (None for spliced answer tokens)
     start: int  # first KV position
     n_pos: int
     tokens: list[int] | None  # text chunks
@@ -39,12 +40,19 @@ class PromptChunk:
 
 @dataclass
 class TokenizedPrompt:
+    """The chunks of one prompt; owns the libmtmd chunk lists behind them (use it as a context manager)."""
+
     chunks: list[PromptChunk] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)
+    handles: list = field(default_factory=list)
 
     @property
     def n_pos(self) -> int:
         return len(self.keys)
+
+    def add(self, chunk: PromptChunk) -> None:
+        self.chunks.append(chunk)
+        self.keys.extend(chunk.keys)
 
     def chunk_start_at(self, position: int) -> int:
         """`position`, moved back to its chunk's start when it falls inside an image."""
@@ -52,6 +60,16 @@ class TokenizedPrompt:
             if chunk.start <= position < chunk.start + chunk.n_pos and chunk.image_id is not None:
                 return chunk.start
         return position
+
+    def __enter__(self) -> TokenizedPrompt:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        import llama_cpp.mtmd_cpp as mtmd_cpp
+
+        for handle in self.handles:
+            mtmd_cpp.mtmd_input_chunks_free(handle)
+        self.handles.clear()
 
 
 @dataclass
@@ -75,6 +93,7 @@ class PromptEvaluator:
         snapshots: SnapshotStore,
     ):
         import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd_cpp
 
         self.llama = llama
         self.mtmd = mtmd_ctx
@@ -83,25 +102,45 @@ class PromptEvaluator:
         self.embeddings = embeddings
         self.snapshots = snapshots
         self.n_embd = llama_cpp.llama_model_n_embd_inp(llama.model)
+        self.media_marker = mtmd_cpp.mtmd_default_marker().decode("utf-8")
         self.held: list[int] = []  # PositionKeys of what sequence 0 holds
         self._position_keys = PositionKeys()
 
     # -- tokenisation -------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, images: list[ImagePart], chunks_handle) -> TokenizedPrompt:
-        """Fill `chunks_handle` (an mtmd_input_chunks) and describe its chunks."""
+    def tokenize(self, pieces: list[Piece], images: list[ImagePart]) -> TokenizedPrompt:
+        """Text pieces through libmtmd (the images go with the markers in them); token spans as they are."""
+        prompt = TokenizedPrompt()
+        remaining = list(images)
+        try:
+            for index, piece in enumerate(pieces):
+                if isinstance(piece, str):
+                    count = piece.count(self.media_marker)
+                    self._tokenize_text(prompt, piece, remaining[:count], add_special=index == 0)
+                    remaining = remaining[count:]
+                else:
+                    tokens = list(piece)
+                    prompt.add(PromptChunk(None, prompt.n_pos, len(tokens), tokens, None, tokens))
+        except BaseException:
+            prompt.__exit__(None, None, None)
+            raise
+        return prompt
+
+    def _tokenize_text(self, prompt: TokenizedPrompt, text: str, images: list[ImagePart], add_special: bool) -> None:
         import llama_cpp.mtmd_cpp as mtmd_cpp
 
+        handle = mtmd_cpp.mtmd_input_chunks_init()
+        prompt.handles.append(handle)
         bitmaps = [_bitmap(image) for image in images]
         try:
             input_text = mtmd_cpp.mtmd_input_text()
             encoded = text.encode("utf-8")
             input_text.text = encoded
             input_text.text_len = len(encoded)
-            input_text.add_special = True
+            input_text.add_special = add_special
             input_text.parse_special = True
             array = (mtmd_cpp.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-            status = mtmd_cpp.mtmd_tokenize(self.mtmd, chunks_handle, ctypes.byref(input_text), array, len(bitmaps))
+            status = mtmd_cpp.mtmd_tokenize(self.mtmd, handle, ctypes.byref(input_text), array, len(bitmaps))
             if status != 0:
                 raise BackendError(
                     f"libmtmd could not tokenise the prompt (code {status}): "
@@ -111,23 +150,19 @@ class PromptEvaluator:
             for bitmap in bitmaps:
                 mtmd_cpp.mtmd_bitmap_free(bitmap)
 
-        prompt = TokenizedPrompt()
-        for index in range(mtmd_cpp.mtmd_input_chunks_size(chunks_handle)):
-            pointer = mtmd_cpp.mtmd_input_chunks_get(chunks_handle, index)
+        for index in range(mtmd_cpp.mtmd_input_chunks_size(handle)):
+            pointer = mtmd_cpp.mtmd_input_chunks_get(handle, index)
             start = prompt.n_pos
             if mtmd_cpp.mtmd_input_chunk_get_type(pointer) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 count = ctypes.c_size_t()
                 array = mtmd_cpp.mtmd_input_chunk_get_tokens_text(pointer, ctypes.byref(count))
                 tokens = [array[i] for i in range(count.value)]
-                chunk = PromptChunk(pointer, start, len(tokens), tokens, None, tokens)
+                prompt.add(PromptChunk(pointer, start, len(tokens), tokens, None, tokens))
             else:
                 n_pos = mtmd_cpp.mtmd_input_chunk_get_n_pos(pointer)
                 image_id = (mtmd_cpp.mtmd_input_chunk_get_id(pointer) or b"").decode()
                 keys = self._position_keys.image(f"{image_id}:{n_pos}", n_pos)
-                chunk = PromptChunk(pointer, start, n_pos, None, image_id, keys)
-            prompt.chunks.append(chunk)
-            prompt.keys.extend(chunk.keys)
-        return prompt
+                prompt.add(PromptChunk(pointer, start, n_pos, None, image_id, keys))
 
     # -- evaluation ---------------------------------------------------------------------------------
 
