@@ -7,6 +7,7 @@ back as delimited observations, errors included, and the loop goes on until an a
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from vision_agent.actions import AnswerStep, StepStreamer, ToolStep, parse_step, step_grammar
 from vision_agent.backends.base import Backend, Finished, GenerationRequest, TextDelta
 from vision_agent.config import Settings
-from vision_agent.errors import StepFormatError, ToolError, VisionAgentError
+from vision_agent.context_window import plan_trim, visible_messages
+from vision_agent.errors import ContextOverflowError, StepFormatError, ToolError, VisionAgentError
 from vision_agent.events import (
     Answer,
     Done,
@@ -113,13 +115,15 @@ class Agent:
 
     def _plain_turn(self, run: _Run, conversation: Conversation, cancel: threading.Event) -> Iterator[Event]:
         """No tools enabled: exactly the model's chat format, every token part of the answer."""
-        request = self._request(self._system_text(None), conversation, run.messages, grammar=None)
         pieces: list[str] = []
-        for delta in self._generate(request, run, cancel):
+        for delta in self._generate(self._system_text(None), conversation, run, None, cancel):
+            if isinstance(delta, Notice):
+                yield delta
+                continue
             pieces.append(delta)
             yield Token(text=delta, part="answer")
         answer = "".join(pieces)
-        conversation.messages.extend([*run.messages, Message.assistant(answer)])
+        conversation.add_turn([*run.messages, Message.assistant(answer)])
         yield Answer(text=answer, finish_reason=run.finishes[-1].reason)
         yield Done(status="ok", steps=run.steps, usage=run.usage_info())
 
@@ -135,10 +139,12 @@ class Agent:
             if final:
                 run.messages.append(Message.user(load_prompt("agent/final.txt").format(max_steps=agent.max_steps)))
                 grammar = step_grammar([], **bounds)
-            request = self._request(system, conversation, run.messages, grammar=grammar)
             streamer = StepStreamer()
             pieces: list[str] = []
-            for delta in self._generate(request, run, cancel):
+            for delta in self._generate(system, conversation, run, grammar, cancel):
+                if isinstance(delta, Notice):
+                    yield delta
+                    continue
                 pieces.append(delta)
                 for part, text in streamer.feed(delta):
                     yield Token(text=text, part=part)
@@ -162,7 +168,7 @@ class Agent:
                 run.messages.append(Message.user(load_prompt("agent/format_error.txt").format(error=exc)))
                 continue
             if isinstance(step, AnswerStep):
-                conversation.messages.extend(run.messages)
+                conversation.add_turn(run.messages)
                 yield Answer(text=step.answer, finish_reason=run.finishes[-1].reason)
                 yield Done(status="max_steps" if final else "ok", steps=run.steps, usage=run.usage_info())
                 return
@@ -238,10 +244,10 @@ class Agent:
         return f"{base}\n\n{instructions}" if base else instructions
 
     def _request(
-        self, system: str, conversation: Conversation, messages: list[Message], grammar: str | None
+        self, system: str, conversation: Conversation, messages: list[Message], grammar: str | None, view=None
     ) -> GenerationRequest:
         generation = self.settings.generation
-        history = [m for m in conversation.messages if m.role != "system"]
+        history = [m for m in visible_messages(conversation, view) if m.role != "system"]
         prefix = [Message.system(system)] if system else []
         return GenerationRequest(
             messages=[*prefix, *history, *messages],
@@ -251,15 +257,32 @@ class Agent:
             seed=generation.seed,
             stop=list(generation.stop),
             grammar=grammar,
+            reserve=self._reserve(),
         )
 
-    def _generate(self, request: GenerationRequest, run: _Run, cancel: threading.Event) -> Iterator[str]:
+    def _reserve(self) -> int:
+        """Room kept free for the answer when deciding whether the prompt fits."""
+        n_ctx = getattr(self.backend, "context_size", None)
+        return min(self.settings.generation.max_tokens, n_ctx // 4) if n_ctx else 0
+
+    def _generate(
+        self, system: str, conversation: Conversation, run: _Run, grammar: str | None, cancel: threading.Event
+    ) -> Iterator[str | Notice]:
+        """Text deltas of one step, preceded by a notice when older turns had to leave the context."""
         if cancel.is_set():
             raise Cancelled
         run.steps += 1
-        stream = self.backend.generate(request)
+        stream = self.backend.generate(self._request(system, conversation, run.messages, grammar))
         try:
-            for chunk in stream:
+            first = next(stream, None)
+        except ContextOverflowError as exc:
+            stream.close()
+            notice, request = self._fit(system, conversation, run, grammar, exc)
+            yield notice
+            stream = self.backend.generate(request)
+            first = next(stream, None)
+        try:
+            for chunk in itertools.chain([first] if first is not None else [], stream):
                 if isinstance(chunk, TextDelta):
                     yield chunk.text
                     if cancel.is_set():
@@ -271,6 +294,49 @@ class Agent:
                     run.images_encoded += chunk.usage.images_encoded
         finally:
             stream.close()
+
+    def _fit(
+        self, system: str, conversation: Conversation, run: _Run, grammar: str | None, overflow: ContextOverflowError
+    ) -> tuple[Notice, GenerationRequest]:
+        """Hide the oldest turns (images first) until the prompt fits; the system prompt and this turn stay."""
+        count = getattr(self.backend, "count_prompt_tokens", None)
+        n_ctx = getattr(self.backend, "context_size", None)
+        if count is None or not n_ctx:
+            raise overflow
+        budget = n_ctx - max(self._reserve(), 1)
+        trim = plan_trim(
+            conversation,
+            lambda view: count(self._request(system, conversation, run.messages, grammar, view)),
+            budget=budget - 1,
+            target=budget - 1 - n_ctx // 4,
+        )
+        if trim is None:  # nothing earlier to leave out: the current turn takes the room
+            tokens = count(self._request(system, conversation, run.messages, grammar))
+        else:
+            tokens = trim.tokens
+        if tokens + 1 >= n_ctx:
+            raise ContextOverflowError(
+                f"{overflow} (the current turn alone does not fit, even with every earlier turn left out)"
+            ) from None
+        if trim is not None:
+            conversation.hidden_before = trim.view.hidden_before
+            conversation.images_hidden_before = trim.view.images_hidden_before
+        request = self._request(system, conversation, run.messages, grammar)
+        if tokens >= budget:
+            request.reserve = 0  # it fits, with less room for the answer than usual
+        if trim is None:
+            message = f"the prompt takes {tokens} of the {n_ctx}-token context: the answer may be cut short"
+        else:
+            dropped = []
+            if trim.images_dropped:
+                dropped.append(f"{trim.images_dropped} earlier image(s)")
+            if trim.turns_dropped:
+                dropped.append(f"the {trim.turns_dropped} oldest turn(s)")
+            message = (
+                f"the conversation outgrew the {n_ctx}-token context: {' and '.join(dropped)} left out of view "
+                f"(the prompt is now {tokens} tokens)"
+            )
+        return Notice(message=message), request
 
     def _failed(self, run: _Run, kind: str, message: str, exit_code: int) -> Done:
         return Done(

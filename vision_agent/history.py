@@ -31,7 +31,13 @@ def save_last(conversation: Conversation, directory: Path | None = None) -> Path
         path = images / f"{image.sha256}.png"
         if not path.exists():
             _write_atomic(path, encode_png(image))
-    data = {"version": FORMAT_VERSION, "messages": [m.model_dump(mode="json") for m in conversation.messages]}
+    data = {
+        "version": FORMAT_VERSION,
+        "messages": [m.model_dump(mode="json") for m in conversation.messages],
+        "turn_starts": conversation.turn_starts,
+        "hidden_before": conversation.hidden_before,
+        "images_hidden_before": conversation.images_hidden_before,
+    }
     target = directory / "last.json"
     _write_atomic(target, json.dumps(data, ensure_ascii=False).encode("utf-8"))
     return target
@@ -50,7 +56,12 @@ def load_last(directory: Path | None = None) -> Conversation:
         ) from None
     if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
         raise ConfigError(f"the saved conversation {path} has an unknown format; ask without -c to start anew")
-    return Conversation(messages=[_message(m, directory / "images") for m in data["messages"]])
+    return Conversation(
+        messages=[_message(m, directory / "images") for m in data["messages"]],
+        turn_starts=data.get("turn_starts", []),
+        hidden_before=data.get("hidden_before", 0),
+        images_hidden_before=data.get("images_hidden_before", 0),
+    )
 
 
 def _message(raw: dict, images: Path) -> Message:

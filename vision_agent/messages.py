@@ -57,9 +57,23 @@ class Message(BaseModel):
 
 class Conversation(BaseModel):
     messages: list[Message] = []
+    turn_starts: list[int] = []  # index of each turn's first message (a turn may hold several agent steps)
+    # What the model no longer sees once the conversation outgrew the context (see context_window):
+    hidden_before: int = 0  # messages before this index
+    images_hidden_before: int = 0  # images in messages before this index (a placeholder stands in)
 
     def add(self, message: Message) -> None:
-        self.messages.append(message)
+        self.add_turn([message])
+
+    def add_turn(self, messages: list[Message]) -> None:
+        self.turn_starts.append(len(self.messages))
+        self.messages.extend(messages)
+
+    def turn_boundaries(self) -> list[int]:
+        if self.turn_starts:
+            return list(self.turn_starts)
+        # Saved before turns were recorded: every user message starts one.
+        return [i for i, m in enumerate(self.messages) if m.role == "user"]
 
     @property
     def images(self) -> list[ImagePart]:

@@ -18,6 +18,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF the output must match; backends without grammar support ignore it
+    reserve: int = 0  # positions that must stay free after the prompt, or ContextOverflowError
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,12 @@ Chunk = TextDelta | Finished
 
 
 class Backend(Protocol):
-    """Turns messages into a token stream. Implementations serialise calls with a lock."""
+    """Turns messages into a token stream. Implementations serialise calls with a lock.
+
+    A backend with a bounded context also offers `context_size` (positions) and
+    `count_prompt_tokens(request)`, and raises ContextOverflowError before the first chunk when the
+    prompt does not fit; the agent then hides older turns (context_window) and tries again.
+    """
 
     label: str
 

@@ -126,7 +126,7 @@ class LlamaCppBackend:
         llama = self.llama
         images = [part for message in request.messages for part in message.images]
         prompt_text = self.render(request)
-        stats = self._evaluate_prompt(prompt_text, images)
+        stats = self._evaluate_prompt(prompt_text, images, request.reserve)
         prompt = llama.input_ids[: llama.n_tokens].tolist()
         prompt_len = len(prompt)
         limit = prompt_len + request.max_tokens
@@ -187,11 +187,25 @@ class LlamaCppBackend:
 
         return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
 
-    def _evaluate_prompt(self, text: str, images: list[ImagePart]) -> EvalStats:
+    @property
+    def context_size(self) -> int:
+        return self.llama.n_ctx()
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """The KV positions the request's prompt needs (tokenised exactly as generate would)."""
+        with self._lock:
+            images = [part for message in request.messages for part in message.images]
+            with self._tokenize(self.render(request), images) as prompt:
+                return prompt.n_pos
+
+    def _tokenize(self, text: str, images: list[ImagePart]):
         pieces = self._answers.split(text) if self.keep_answer_tokens else [text]
-        with self._evaluator.tokenize(pieces, images) as prompt:
-            if prompt.n_pos + 1 >= self.llama.n_ctx():
-                raise ContextOverflowError(self._overflow_message(prompt.n_pos, len(images)))
+        return self._evaluator.tokenize(pieces, images)
+
+    def _evaluate_prompt(self, text: str, images: list[ImagePart], reserve: int) -> EvalStats:
+        with self._tokenize(text, images) as prompt:
+            if prompt.n_pos + max(reserve, 1) >= self.context_size:
+                raise ContextOverflowError(self._overflow_message(prompt.n_pos, len(images), reserve))
             try:
                 return self._evaluator.evaluate(prompt)
             except BaseException:
@@ -211,10 +225,11 @@ class LlamaCppBackend:
         tokens = evaluated + (llama.tokenize(rest.encode(), add_bos=False, special=False) if rest else [])
         self._answers.record(prompt_text, answer, tokens)
 
-    def _overflow_message(self, n_tokens: int, n_images: int) -> str:
+    def _overflow_message(self, n_tokens: int, n_images: int, reserve: int) -> str:
+        room = f" with {reserve} left for the answer" if reserve > 1 else ""
         return (
             f"prompt too long: {n_tokens} tokens ({n_images} image(s) included) do not fit the "
-            f"{self.llama.n_ctx()}-token context; raise --ctx or send fewer or smaller images"
+            f"{self.context_size}-token context{room}; raise --ctx or send fewer or smaller images"
         )
 
     def close(self) -> None:

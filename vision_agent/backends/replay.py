@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vision_agent.backends.base import Chunk, Finished, GenerationRequest, TextDelta, Usage
-from vision_agent.errors import BackendError, ModelFileError
+from vision_agent.errors import BackendError, ContextOverflowError, ModelFileError
 
 _PIECES = re.compile(r"\s*\S+|\s+")
+IMAGE_TOKENS = 16
 
 
 def parse_script(path: Path) -> list[str]:
@@ -36,9 +37,13 @@ def parse_script(path: Path) -> list[str]:
 
 
 class ReplayBackend:
-    def __init__(self, turns: list[str], label: str = "replay"):
+    """`context_size`, when given, bounds the prompt as a real model would: a word is a token and an image
+    IMAGE_TOKENS tokens (agent tests of context overflow use it)."""
+
+    def __init__(self, turns: list[str], label: str = "replay", context_size: int | None = None):
         self.label = label
         self.turns = list(turns)
+        self.context_size = context_size
         self.requests: list[GenerationRequest] = []
         self._lock = threading.Lock()
 
@@ -46,8 +51,16 @@ class ReplayBackend:
     def from_file(cls, path: Path) -> ReplayBackend:
         return cls(parse_script(path), label=f"replay:{path}")
 
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        words = sum(len(m.text.split()) for m in request.messages)
+        return words + IMAGE_TOKENS * sum(len(m.images) for m in request.messages)
+
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
         with self._lock:
+            if self.context_size:
+                needed = self.count_prompt_tokens(request)
+                if needed + max(request.reserve, 1) >= self.context_size:
+                    raise ContextOverflowError(f"prompt too long: {needed} tokens for {self.context_size}")
             index = len(self.requests)
             self.requests.append(request)
             if index >= len(self.turns):
@@ -59,8 +72,9 @@ class ReplayBackend:
             for piece in pieces:
                 yield TextDelta(piece)
             images = sum(len(m.images) for m in request.messages)
-            prompt_words = sum(len(m.text.split()) for m in request.messages)
-            usage = Usage(prompt_tokens=prompt_words, completion_tokens=len(pieces), images_encoded=images)
+            usage = Usage(
+                prompt_tokens=self.count_prompt_tokens(request), completion_tokens=len(pieces), images_encoded=images
+            )
             yield Finished(reason=reason, usage=usage)
 
     def close(self) -> None:
