@@ -189,7 +189,9 @@ class LlamaCppBackend:
 
     @property
     def context_size(self) -> int:
-        return self.llama.n_ctx()
+        # llama.cpp may round n_ctx up (384 becomes 512); llama-cpp-python's token buffer keeps the
+        # size asked for, and writing past it fails, so the smaller of the two is the real bound.
+        return min(self.llama.n_ctx(), len(self.llama.input_ids))
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The KV positions the request's prompt needs (tokenised exactly as generate would)."""
