@@ -61,7 +61,7 @@ class FunctionTool:
         if not summary:
             raise TypeError(f"tool {self.name}: the function needs a docstring (it is the tool's description)")
         self.description = summary
-        hints = get_type_hints(function)
+        hints = get_type_hints(function, include_extras=True)
         fields: dict[str, Any] = {}
         self._wants_context = False
         for pname, param in inspect.signature(function).parameters.items():
