@@ -1,0 +1,409 @@
+"""The first wall: the program runs under RestrictedPython, with curated, read-only views of a few modules.
+
+Imported only by the sandbox child. RestrictedPython refuses at compile time names and attributes starting
+with "_", the inspect attributes (frames, code), eval/exec, async, match and `try/except*`; at run time
+every attribute read goes through `guarded_getattr` and every write through `write_guard`.
+
+What this module adds is the audit of what the program can reach. The weak spot of this kind of sandbox is
+trusted code that reads or writes attributes *by a name the program chooses* (the name is a string, so
+the compiler never sees it): `str.format` field names, `functools.update_wrapper`'s `assigned`/`updated`,
+`singledispatch` (which evaluates string annotations with plain `eval`), `namedtuple` (exec),
+`UserString.format`. So:
+- each module is an allow-list of names (not "everything public"), seen through a view that has no
+  `__dict__`, no slots and a frozen class: nothing in it can be read except the listed names, or written;
+- `update_wrapper`/`wraps` are replaced by versions that copy only the standard names, only onto a
+  function the program defined, and never an underscore key;
+- attribute writes reach only classes the program defined and their instances; item writes reach dicts,
+  lists, deques and numpy arrays (numpy refuses writes to the read-only image);
+- numpy array and scalar attributes that reach memory or files are hidden; `empty` (uninitialised memory
+  of this process) is not offered.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins as real_builtins
+import collections
+import functools
+import types
+import weakref
+
+FILENAME = "<model code>"
+RESULT_NAME = "vision_agent_last_value"
+
+# None: every public name of a C module whose functions only compute; else the names offered.
+MODULES = {
+    "math": None,
+    "itertools": None,
+    "heapq": None,
+    "bisect": None,
+    "statistics": "mean fmean geometric_mean harmonic_mean median median_low median_high median_grouped mode "
+    "multimode quantiles pstdev pvariance stdev variance covariance correlation linear_regression NormalDist "
+    "StatisticsError",
+    "json": "dumps loads JSONDecodeError JSONDecoder JSONEncoder",
+    "re": "compile search match fullmatch split findall finditer sub subn escape purge error Pattern Match "
+    "A ASCII I IGNORECASE L LOCALE M MULTILINE S DOTALL X VERBOSE U UNICODE NOFLAG",
+    "random": "random uniform randint randrange choice choices sample shuffle seed gauss normalvariate "
+    "lognormvariate expovariate vonmisesvariate gammavariate betavariate paretovariate weibullvariate "
+    "triangular getrandbits randbytes getstate setstate Random",
+    "functools": "reduce partial lru_cache cache cmp_to_key cached_property wraps update_wrapper "
+    "WRAPPER_ASSIGNMENTS WRAPPER_UPDATES",
+    "collections": "Counter OrderedDict defaultdict deque ChainMap UserDict UserList",
+    "fractions": "Fraction",
+    "decimal": "Decimal Context localcontext getcontext setcontext DecimalException InvalidOperation "
+    "DivisionByZero Inexact Rounded Overflow Underflow Subnormal Clamped FloatOperation ROUND_CEILING "
+    "ROUND_DOWN ROUND_FLOOR ROUND_HALF_DOWN ROUND_HALF_EVEN ROUND_HALF_UP ROUND_UP ROUND_05UP MAX_PREC "
+    "MAX_EMAX MIN_EMIN MIN_ETINY",
+    "datetime": "date time datetime timedelta timezone tzinfo MINYEAR MAXYEAR UTC",
+    "textwrap": "wrap fill shorten dedent indent TextWrapper",
+}
+NUMPY_NAMES = (
+    "array asarray zeros ones full zeros_like ones_like arange linspace mean median std var sum prod min max "
+    "amin amax argmin argmax unique where sort argsort clip abs absolute round rint floor ceil sqrt exp log log2 "
+    "log10 sin cos tan arctan2 hypot histogram bincount count_nonzero percentile quantile cumsum diff dot matmul "
+    "concatenate stack vstack hstack reshape transpose isclose allclose all any nonzero logical_and logical_or "
+    "logical_not maximum minimum mod floor_divide power sign flip rot90 uint8 int16 int32 int64 float32 float64 "
+    "bool_ pi e inf nan isnan isfinite nanmean nanmax nanmin average cov corrcoef ravel tile repeat "
+    "argwhere column_stack dstack roll squeeze expand_dims swapaxes moveaxis meshgrid indices digitize "
+    "searchsorted interp cumprod outer gradient convolve uint16 uint32 int8 float16 nanstd nansum ptp"
+).split()
+# ndarray and numpy scalar attributes that reach memory, files, pickles or the type machinery.
+NUMPY_DENIED = {"tofile", "dump", "dumps", "ctypes", "base", "setflags", "data", "getfield", "setfield", "put"}
+
+
+def module_view(name: str, table: dict):
+    """A read-only stand-in for a module: the names in `table`, and nothing else reachable or writable.
+
+    The table lives only in this closure. The view has no `__dict__` and no slots, answers every attribute
+    (dunders included) from the table, and its class refuses attribute writes.
+    """
+    table = dict(table)
+
+    class Frozen(type):
+        def __setattr__(cls, attr, value):
+            raise TypeError(f"module {name} is read-only in the sandbox")
+
+        __delattr__ = __setattr__
+
+    class ModuleView(metaclass=Frozen):
+        __slots__ = ()
+
+        def __getattribute__(self, attr):
+            try:
+                return table[attr]
+            except (KeyError, TypeError):
+                raise AttributeError(f"{name}.{attr} is not available in the sandbox") from None
+
+        def __setattr__(self, attr, value):
+            raise TypeError(f"module {name} is read-only in the sandbox")
+
+        def __delattr__(self, attr):
+            raise TypeError(f"module {name} is read-only in the sandbox")
+
+        def __repr__(self):
+            return f"<module {name}>"
+
+    return ModuleView()
+
+
+def _public(module) -> dict:
+    return {
+        n: v
+        for n, v in vars(module).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType) and n != "namedtuple"
+    }
+
+
+class OutputLimit(Exception):
+    pass
+
+
+class _ItemsOnly:
+    """What `x[k] = v` and `del x[k]` see for containers whose attributes the program may not set."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target):
+        object.__setattr__(self, "target", target)
+
+    def __setitem__(self, key, value):
+        self.target[key] = value
+
+    def __delitem__(self, key):
+        del self.target[key]
+
+    def __setattr__(self, attr, value):
+        raise TypeError(f"cannot set attributes of a {type(self.target).__name__} in the sandbox")
+
+    __delattr__ = __setattr__
+
+
+class Program:
+    """One compiled program and the namespace it will run in. Build before the lock-down, run after."""
+
+    def __init__(self, code: str, width: int, height: int, raw: bytes, max_output: int):
+        from RestrictedPython import compile_restricted_exec
+
+        self.max_output = max_output
+        self.error = None
+        try:
+            tree = ast.parse(code, FILENAME)
+        except SyntaxError as exc:
+            self.error = f"SyntaxError: {exc.msg} (line {exc.lineno})"
+            return
+        except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, absurd nesting
+            self.error = f"SyntaxError: {type(exc).__name__}: {exc}"
+            return
+        self.has_value = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+        if self.has_value:  # keep the value of a final expression, as a REPL would show it
+            last = tree.body[-1]
+            tree.body[-1] = ast.copy_location(
+                ast.Assign(targets=[ast.Name(RESULT_NAME, ast.Store())], value=last.value), last
+            )
+            ast.fix_missing_locations(tree)
+        compiled = compile_restricted_exec(tree, FILENAME)
+        if compiled.errors:
+            self.error = "refused by the sandbox: " + "; ".join(compiled.errors)
+            return
+        self.code = compiled.code
+        self.np = None
+        if raw or "np" in code or "numpy" in code:
+            import numpy
+
+            _warm_up_numpy(numpy)
+            self.np = numpy
+        _warm_up_stdlib(code)
+        self.glb = self._namespace(width, height, raw)
+
+    # -- the namespace -------------------------------------------------------------------------------
+
+    def _namespace(self, width: int, height: int, raw: bytes) -> dict:
+        from RestrictedPython import safe_builtins
+        from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
+        from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
+
+        np, glb = self.np, {}
+        made = weakref.WeakSet()  # classes the program defined
+        self.made = made
+        views = {}
+        for name, names in MODULES.items():
+            module = __import__(name)
+            table = (
+                _public(module)
+                if names is None
+                else {n: getattr(module, n) for n in names.split() if hasattr(module, n)}
+            )
+            if name == "functools":
+                table.update(self._safe_functools(glb))
+            views[name] = module_view(name, table)
+        if np is not None:
+            views["numpy"] = module_view("numpy", {n: getattr(np, n) for n in NUMPY_NAMES if hasattr(np, n)})
+        self.views = views
+
+        def build_class(func, name, *bases, **kwargs):
+            cls = real_builtins.__build_class__(func, name, *bases, **kwargs)
+            made.add(cls)
+            return cls
+
+        builtins = dict(safe_builtins)
+        for unsafe in ("setattr", "delattr", "_getattr_"):
+            builtins.pop(unsafe, None)
+        builtins.update(
+            __build_class__=build_class, __import__=self._guarded_import, _getattr_=self._guarded_getattr,
+            math=views["math"], random=views["random"], set=set, frozenset=frozenset, range=range,
+            sum=sum, min=min, max=max, sorted=sorted, reversed=reversed, enumerate=enumerate, zip=zip,
+            map=map, filter=filter, any=any, all=all, list=list, dict=dict, tuple=tuple, format=format,
+        )  # fmt: skip
+        glb.update({
+            "__builtins__": builtins,
+            "__name__": "sandbox",
+            "__metaclass__": type,
+            "_getattr_": self._guarded_getattr,
+            "_getitem_": default_guarded_getitem,
+            "_getiter_": default_guarded_getiter,
+            "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+            "_unpack_sequence_": guarded_unpack_sequence,
+            "_write_": self._write_guard,
+            "_inplacevar_": _inplacevar,
+            "_apply_": _apply,
+            "_print_": self._print_class(),
+        })  # fmt: skip
+        if width:
+            glb["width"], glb["height"] = width, height
+            if np is not None:  # frombuffer over bytes: read-only, and numpy refuses to make it writable
+                glb["image"] = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        return glb
+
+    @staticmethod
+    def _safe_functools(glb: dict) -> dict:
+        assignments, updates = functools.WRAPPER_ASSIGNMENTS, functools.WRAPPER_UPDATES
+
+        def update_wrapper(wrapper, wrapped, assigned=assignments, updated=updates):
+            """functools.update_wrapper for decorators: the standard names only, onto the program's own function."""
+            if not (isinstance(wrapper, types.FunctionType) and wrapper.__globals__ is glb):
+                raise TypeError("update_wrapper: the wrapper must be a function defined by the program")
+            if not set(assigned) <= set(assignments) or not set(updated) <= set(updates):
+                raise TypeError("update_wrapper: only the standard attribute names are allowed in the sandbox")
+            for attr in assigned:
+                value = getattr(wrapped, attr, None)
+                if isinstance(value, str):
+                    setattr(wrapper, attr, value)
+            if "__dict__" in updated:
+                extra = getattr(wrapped, "__dict__", None)
+                if isinstance(extra, (dict, types.MappingProxyType)):
+                    wrapper.__dict__.update({k: v for k, v in extra.items() if isinstance(k, str) and k[:1] != "_"})
+            return wrapper
+
+        def wraps(wrapped, assigned=assignments, updated=updates):
+            return functools.partial(update_wrapper, wrapped=wrapped, assigned=assigned, updated=updated)
+
+        return {"update_wrapper": update_wrapper, "wraps": wraps}
+
+    def _print_class(self):
+        from RestrictedPython.PrintCollector import PrintCollector
+
+        limit = self.max_output
+
+        class CappedPrint(PrintCollector):
+            size = 0
+
+            def write(self, text):
+                room = limit - CappedPrint.size
+                CappedPrint.size += len(text)
+                if len(text) > room:
+                    super().write(text[: max(room, 0)])
+                    raise OutputLimit(f"the program printed more than {limit:,} characters")
+                super().write(text)
+
+        return CappedPrint
+
+    # -- the guards ----------------------------------------------------------------------------------
+
+    def _guarded_import(self, name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name in self.views:
+            return self.views[name]
+        import sys
+
+        if isinstance(fromlist, list) and name.startswith("numpy.") and name in sys.modules:
+            # numpy's C code importing its own internals (PyImport_Import passes a list; the
+            # import statements of the program pass None or a tuple). The caller gets nothing back.
+            return sys.modules[name]
+        allowed = ", ".join(sorted(self.views))
+        raise ImportError(f"import of {name!r} is not allowed in the sandbox (allowed: {allowed})")
+
+    def _numpy_denied(self, obj, name) -> bool:
+        np = self.np
+        if np is None or name not in NUMPY_DENIED:
+            return False
+        cls = obj if isinstance(obj, type) else type(obj)
+        return issubclass(cls, (np.ndarray, np.generic))
+
+    def _guarded_getattr(self, obj, name, *default):
+        from RestrictedPython.Guards import safer_getattr_raise
+
+        if self._numpy_denied(obj, name):
+            raise AttributeError(f"array attribute {name!r} is not available in the sandbox")
+        value = safer_getattr_raise(obj, name, *default)
+        if isinstance(value, types.ModuleType):
+            raise AttributeError(f"module attribute {name!r} is not available in the sandbox")
+        return value
+
+    def _write_guard(self, obj):
+        kind = type(obj)
+        if kind is dict or kind is list:
+            return obj
+        if kind in self.made or (isinstance(obj, type) and obj in self.made):
+            return obj  # the program's own classes and objects
+        if isinstance(obj, (dict, list, collections.deque)) or (
+            self.np is not None and isinstance(obj, self.np.ndarray)
+        ):
+            return _ItemsOnly(obj)
+        if type(kind).__name__ == "Frozen":
+            raise TypeError(f"{obj!r} is read-only in the sandbox")
+        raise TypeError(f"cannot change a {kind.__name__} (attribute or item assignment) in the sandbox")
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        glb = self.glb
+        try:
+            exec(self.code, glb)
+        except OutputLimit as exc:
+            return {"ok": False, "error": f"output limit: {exc}", "output": self._printed()}
+        except MemoryError:
+            return {"ok": False, "error": "MemoryError: the program exceeded the sandbox's memory limit"}
+        except RecursionError:
+            return {"ok": False, "error": "RecursionError: maximum recursion depth exceeded", "output": self._printed()}
+        except BaseException as exc:  # the program's own error, reported to the model
+            return {"ok": False, "error": describe(exc), "output": self._printed()}
+        value = None
+        if self.has_value and glb.get(RESULT_NAME) is not None:
+            try:
+                value = repr(glb[RESULT_NAME])
+            except (Exception, RecursionError) as exc:
+                return {
+                    "ok": False,
+                    "error": f"the final value cannot be shown: {describe(exc)}",
+                    "output": self._printed(),
+                }
+        return {"ok": True, "output": self._printed(), "value": value}
+
+    def _printed(self) -> str:
+        collector = self.glb.get("_print")
+        try:
+            return collector() if collector is not None else ""
+        except Exception:
+            return ""
+
+
+def describe(exc: BaseException) -> str:
+    """`line N: Type: message`, the line being the program's own (no source file is read)."""
+    line, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(the message cannot be shown)"
+    return f"{f'line {line}: ' if line else ''}{type(exc).__name__}: {message}"
+
+
+def _warm_up_stdlib(code: str) -> None:
+    """What the allowed modules import or read lazily, loaded while files can still be opened."""
+    import datetime
+    import time
+
+    time.localtime()  # reads the time zone once
+    if "strptime" in code:
+        datetime.datetime.strptime("2000", "%Y")
+    if "encode" in code or "decode" in code:
+        for codec in ("utf-16", "utf-32", "cp1252", "latin-1", "ascii", "idna"):
+            "x".encode(codec)
+
+
+def _warm_up_numpy(np):
+    """Load numpy's lazily imported internals now, while files can still be opened."""
+    a = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    a.mean(), a.std(), a.var(), a.sum(), a.min(), a.max(), a.astype(float).round()
+    np.unique(a.reshape(-1, 3), axis=0), np.median(a), np.percentile(a, 50), np.histogram(a)
+    np.cov(a.reshape(-1, 3).T), np.corrcoef(a.reshape(-1, 3).T), np.gradient(a.astype(float))
+    np.convolve([1, 2], [1]), np.interp([1], [0, 2], [0, 2]), np.meshgrid([1], [2])
+    repr(a), str(a.mean()), np.isclose(a, a).all()
+
+
+def _apply(func, *args, **kwargs):
+    return func(*args, **kwargs)
+
+
+_INPLACE = {
+    "+=": lambda a, b: a + b, "-=": lambda a, b: a - b, "*=": lambda a, b: a * b, "/=": lambda a, b: a / b,
+    "//=": lambda a, b: a // b, "%=": lambda a, b: a % b, "**=": lambda a, b: a**b, "&=": lambda a, b: a & b,
+    "|=": lambda a, b: a | b, "^=": lambda a, b: a ^ b, "<<=": lambda a, b: a << b, ">>=": lambda a, b: a >> b,
+    "@=": lambda a, b: a @ b,
+}  # fmt: skip
+
+
+def _inplacevar(op, x, y):
+    return _INPLACE[op](x, y)
