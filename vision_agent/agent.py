@@ -7,6 +7,7 @@ back as delimited observations, errors included, and the loop goes on until an a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -34,6 +35,7 @@ from vision_agent.events import (
     UsageInfo,
 )
 from vision_agent.messages import Conversation, ImagePart, Message
+from vision_agent.observations import observation, truncate
 from vision_agent.prompts import load_prompt
 from vision_agent.tooling import Tool, ToolContext, ToolRegistry
 
@@ -41,8 +43,8 @@ log = logging.getLogger(__name__)
 
 # Decides whether a call under the "ask" policy may run; None means nobody is there to ask.
 Approver = Callable[[str, dict], bool]
-TRUNCATION_MARKER = "\n[… {n:,} characters truncated …]\n"
-_RESULT_MARKERS = ("<<<TOOL_RESULT", "TOOL_RESULT>>>")
+# What is kept of any tool's result before anything else sees it (a plugin may return anything).
+MAX_RESULT_CAPTURE = 1_000_000
 
 
 class Cancelled(Exception):
@@ -99,6 +101,7 @@ class Agent:
         run = _Run(messages=[Message.user(prompt, images)])
         tools = self.registry.enabled() if self.registry else []
         try:
+            self._check_size(prompt)
             if tools:
                 yield from self._agent_loop(run, tools, conversation, cancel)
             else:
@@ -110,6 +113,20 @@ class Agent:
         except Exception as exc:  # a bug or an unexpected llama.cpp failure: still end the stream properly
             log.debug("the run failed", exc_info=True)
             yield self._failed(run, "internal", f"{type(exc).__name__}: {exc}", 1)
+
+    def _check_size(self, prompt: str) -> None:
+        """Refuse a prompt that cannot fit before tokenising it (llama.cpp's tokeniser is quadratic in length).
+
+        A backend that knows its vocabulary offers `max_prompt_bytes`: its context times the most bytes one
+        token can stand for, so anything longer needs more positions than there are.
+        """
+        limit = getattr(self.backend, "max_prompt_bytes", None)
+        size = len(prompt.encode("utf-8", errors="replace"))
+        if limit and size > limit:
+            raise ContextOverflowError(
+                f"prompt too long: {size:,} bytes cannot fit the {self.backend.context_size}-token context "
+                f"(at most {limit:,} bytes could); shorten it or raise --ctx"
+            )
 
     # -- the two modes ------------------------------------------------------------------------------
 
@@ -185,7 +202,7 @@ class Agent:
             raise Cancelled
         if not ok and output.startswith("refused: "):
             yield Notice(message=f"{step.tool}: {output.removeprefix('refused: ')}")
-        shown, truncated = _truncate(output, self.settings.agent.max_result_chars)
+        shown, truncated = truncate(output, self.settings.agent.max_result_chars)
         yield ToolResult(
             step=run.steps,
             tool=step.tool,
@@ -194,10 +211,7 @@ class Agent:
             truncated=truncated,
             seconds=round(time.monotonic() - started, 3),
         )
-        observation = load_prompt("agent/observation.txt").format(
-            tool=step.tool, status="ok" if ok else "error", result=_defang(shown)
-        )
-        run.messages.append(Message.user(observation))
+        run.messages.append(Message.user(observation(step.tool, ok, shown)))
 
     # -- tools ----------------------------------------------------------------------------------------
 
@@ -358,12 +372,20 @@ def _as_arguments(value: object, tool: Tool | None) -> dict:
 
 
 def _run_with_timeout(tool: Tool, arguments: dict, context: ToolContext, timeout: float) -> tuple[bool, str]:
-    """Run a tool in a daemon thread: a hung plugin costs its timeout, never the session."""
+    """Run a tool in a daemon thread: a hung plugin costs its timeout, never the session.
+
+    The call gets a cancel event of its own, set when the run is cancelled and when the call is
+    abandoned at its timeout, so a tool that watches it (the sandbox kills its child) stops either way.
+    """
     outcome: dict = {}
+    run_cancel = context.cancel
+    call_cancel = threading.Event()
+    context = dataclasses.replace(context, cancel=call_cancel)
 
     def work():
         try:
-            outcome["ok"] = (True, tool.run(arguments, context))
+            result = tool.run(arguments, context)
+            outcome["ok"] = (True, result if isinstance(result, str) else str(result))
         except ToolError as exc:
             outcome["ok"] = (False, str(exc))
         except Exception as exc:
@@ -375,23 +397,13 @@ def _run_with_timeout(tool: Tool, arguments: dict, context: ToolContext, timeout
     deadline = time.monotonic() + timeout
     while thread.is_alive():
         thread.join(0.05)
-        if context.cancel.is_set():
+        if run_cancel.is_set():
+            call_cancel.set()
             return False, "cancelled"
         if time.monotonic() > deadline:
+            call_cancel.set()
             return False, f"the tool did not finish within {timeout:g} s"
-    return outcome["ok"]
-
-
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    if len(text) <= limit:
-        return text, False
-    head = limit * 3 // 4
-    tail = limit - head
-    return text[:head] + TRUNCATION_MARKER.format(n=len(text) - head - tail) + text[-tail:], True
-
-
-def _defang(text: str) -> str:
-    """A result cannot close its own delimiters and pose as instructions."""
-    for marker in _RESULT_MARKERS:
-        text = text.replace(marker, "[marker removed]")
-    return text
+    ok, text = outcome["ok"]
+    if len(text) > MAX_RESULT_CAPTURE:
+        text, _ = truncate(text, MAX_RESULT_CAPTURE)
+    return ok, text

@@ -7,6 +7,7 @@ import sys
 
 from vision_agent.config import Settings
 from vision_agent.errors import VisionAgentError
+from vision_agent.terminal import safe_line
 
 
 def doctor(settings: Settings) -> int:
@@ -28,16 +29,24 @@ def doctor(settings: Settings) -> int:
     try:
         model = resolve_model(settings.model)
         if model.replay_script:
-            print(f"model             {model.label} (scripted replay, no llama.cpp)")
+            print(safe_line(f"model             {model.label} (scripted replay, no llama.cpp)"))
         else:
             text, mmproj = read_summary(model.text), read_summary(model.mmproj)
-            print(f"model             {text.path} ({text.architecture}, width {text.embedding_length})")
-            print(f"projector         {mmproj.path} ({mmproj.projector_type}, width {mmproj.projection_dim})")
+            print(safe_line(f"model             {text.path} ({text.architecture}, width {text.embedding_length})"))
+            print(safe_line(f"projector         {mmproj.path} ({mmproj.projector_type}, width {mmproj.projection_dim})"))
             check_pair(text, mmproj)
             print(f"pair              ok; prompt format {model.chat_format} -> {text.template_family}")
     except VisionAgentError as exc:
-        print(f"model             problem: {exc}")
+        print(f"model             problem: {safe_line(str(exc))}")
         exit_code = exc.exit_code
+
+    from vision_agent import sandbox
+
+    print("python sandbox")
+    for layer in sandbox.layers():
+        print(safe_line(f"  {'on ' if layer['active'] else 'OFF'}  {layer['name']:<20} {layer['detail']}"))
+    wall = sandbox.os_wall_active()
+    print(f"  OS wall holds without RestrictedPython: {'yes' if wall else 'no: the python tool asks before it runs'}")
 
     effective = settings.model_dump(mode="json")
     if effective["model"]["n_gpu_layers"] is None:

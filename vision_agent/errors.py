@@ -87,4 +87,13 @@ class StepFormatError(VisionAgentError):
     kind = "step_format"
 
 
-EXIT_INTERRUPTED = 130
+class StoreError(VisionAgentError):
+    """The saved conversation cannot be read or written (damaged beyond use, unwritable data dir)."""
+
+    exit_code = 14
+    kind = "store"
+
+
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), or cancelled
+EXIT_HANGUP = 129  # SIGHUP: the terminal went away
+EXIT_TERMINATED = 143  # SIGTERM

@@ -1,9 +1,18 @@
-"""Turns user-supplied image files or bytes into normalised ImageParts, refusing bad input clearly."""
+"""Turns user-supplied image files or bytes into normalised ImageParts, refusing bad input clearly.
+
+Budgets hold before any pixel is decoded: bytes per file, pixels per image (read from the header, so a
+decompression bomb is refused at once) and pixels per request (`check_request`, over every attachment's
+header). A decoded image larger than `max_kept_pixels` is scaled down: no model needs more, and fifty
+large screenshots must not take gigabytes.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -13,26 +22,70 @@ from vision_agent.messages import ImagePart
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 
 
-def read_image_file(path: str | Path, *, max_bytes: int, max_pixels: int) -> ImagePart:
+def display_name(path: str | Path) -> str:
+    """A file name as valid text: undecodable bytes (from argv or the file system) become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
+def read_image_file(
+    path: str | Path, *, max_bytes: int, max_pixels: int, max_kept_pixels: int | None = None
+) -> ImagePart:
+    data = read_image_bytes(path, max_bytes=max_bytes)
+    return decode_image(
+        data, source=display_name(path), max_bytes=max_bytes, max_pixels=max_pixels, max_kept_pixels=max_kept_pixels
+    )
+
+
+def read_image_bytes(path: str | Path, *, max_bytes: int) -> bytes:
     path = Path(path)
+    name = display_name(path)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ImageNotFoundError(f"image {path}: not a regular file")
-        if size > max_bytes:
-            raise ImageTooLargeError(f"image {path}: {size:,} bytes exceeds the limit of {max_bytes:,}")
-        data = path.read_bytes()
+        # Non-blocking, so that a FIFO with no writer cannot hang the open; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ImageNotFoundError(f"image {name}: not a regular file")
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ImageNotFoundError(f"image {path}: no such file") from None
+        raise ImageNotFoundError(f"image {name}: no such file") from None
     except PermissionError:
-        raise ImageNotFoundError(f"image {path}: permission denied") from None
+        raise ImageNotFoundError(f"image {name}: permission denied") from None
     except IsADirectoryError:
-        raise ImageNotFoundError(f"image {path}: is a directory") from None
-    return decode_image(data, source=str(path), max_bytes=max_bytes, max_pixels=max_pixels)
+        raise ImageNotFoundError(f"image {name}: is a directory") from None
+    except OSError as exc:  # ELOOP, EIO, ENAMETOOLONG, ENOTDIR, ENXIO (a FIFO with no writer), …
+        raise ImageNotFoundError(f"image {name}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"image {name}: its size in bytes exceeds the limit of {max_bytes:,}")
+    return data
 
 
-def decode_image(data: bytes, *, source: str, max_bytes: int, max_pixels: int) -> ImagePart:
-    """Decode PNG/JPEG/WebP/BMP/GIF bytes: EXIF orientation applied, first frame, RGB."""
+def header_pixels(data: bytes, source: str) -> int:
+    """Width × height from the image header alone (0 when it is not an image: decoding will say so)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+            width, height = image.size
+    except Exception:  # Pillow raises many kinds on garbage; decode_image reports it properly
+        return 0
+    return width * height
+
+
+def check_request(pixels: list[int], max_total_pixels: int) -> None:
+    """Refuse a request whose images together exceed the budget, before any of them is decoded."""
+    total = sum(pixels)
+    if total > max_total_pixels:
+        raise ImageTooLargeError(
+            f"{len(pixels)} images of {total:,} pixels in all exceed the limit of {max_total_pixels:,} per request"
+        )
+
+
+def decode_image(
+    data: bytes, *, source: str, max_bytes: int, max_pixels: int, max_kept_pixels: int | None = None
+) -> ImagePart:
+    """Decode PNG/JPEG/WebP/BMP/GIF bytes: EXIF orientation applied, first frame, RGB, at most
+    `max_kept_pixels` (scaled down, aspect kept) when that is given."""
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > max_bytes:
@@ -43,7 +96,7 @@ def decode_image(data: bytes, *, source: str, max_bytes: int, max_pixels: int) -
         with warnings.catch_warnings():
             # PIL only warns between its soft and hard bomb limits: treat that as a refusal too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            rgb = _decode(data, source, max_pixels)
+            rgb = _decode(data, source, max_pixels, max_kept_pixels)
     except (ImageTooLargeError, ImageDecodeError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -60,7 +113,7 @@ def decode_image(data: bytes, *, source: str, max_bytes: int, max_pixels: int) -
     return ImagePart(sha256=digest, width=rgb.width, height=rgb.height, rgb=pixels, source=source)
 
 
-def _decode(data: bytes, source: str, max_pixels: int):
+def _decode(data: bytes, source: str, max_pixels: int, max_kept_pixels: int | None):
     from PIL import Image, ImageOps
 
     # Image.open reads only the header, so the pixel count is checked before any decoding.
@@ -71,6 +124,12 @@ def _decode(data: bytes, source: str, max_pixels: int):
                 f"image {source}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}"
             )
         image.seek(0)  # first frame of an animation
+        if max_kept_pixels and width * height > max_kept_pixels:
+            scale = math.sqrt(max_kept_pixels / (width * height))
+            target = (max(1, int(width * scale)), max(1, int(height * scale)))
+            image.draft("RGB", target)  # JPEG decodes at a reduced size directly
+            image = image.copy() if image.mode != "P" else image.convert("RGBA")
+            image.thumbnail(target, Image.Resampling.LANCZOS)
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
 

@@ -6,9 +6,18 @@ import logging
 import sys
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log records carry file names, plugin errors and llama.cpp lines: shown, never obeyed by the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from vision_agent.terminal import safe
+
+        return safe(super().format(record))
+
+
 def configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbose else "vision-agent: %(message)s"))
+    handler.setFormatter(_SafeFormatter("%(name)s: %(message)s" if verbose else "vision-agent: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)

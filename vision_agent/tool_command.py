@@ -8,6 +8,7 @@ import sys
 
 from vision_agent.config import Settings
 from vision_agent.errors import ConfigError, ToolError
+from vision_agent.terminal import safe, safe_line
 
 _SHORT_NAMES = {"calc": "calculator", "search": "web_search", "python": "python"}
 
@@ -18,7 +19,7 @@ def run_tool_command(args: argparse.Namespace, settings: Settings) -> int:
     registry = build_registry(settings)
     if args.tool_command == "list":
         for tool in sorted(registry.tools.values(), key=lambda t: t.name):
-            print(f"{tool.name:<14} {registry.policy(tool.name):<5} {tool.description}")
+            print(safe_line(f"{tool.name:<14} {registry.policy(tool.name):<5} {tool.description}"))
         return 0
     name, arguments = _call(args)
     tool = registry.get(name)
@@ -30,9 +31,9 @@ def run_tool_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = tool.run(arguments, ToolContext(images=images, settings=settings.tools))
     except ToolError as exc:
-        print(f"vision-agent: {name}: {exc}", file=sys.stderr)
+        print(f"vision-agent: {name}: {safe_line(str(exc))}", file=sys.stderr)
         return ToolError.exit_code
-    print(result)
+    print(safe(result))
     return 0
 
 

@@ -57,6 +57,8 @@ class FunctionTool:
     def __init__(self, function: Callable[..., Any], name: str | None = None):
         self.function = function
         self.name = name or function.__name__
+        # Optional: a callable giving the policy this tool needs at least when the user chose none ("ask").
+        self.policy_floor = getattr(function, "policy_floor", None)
         summary, param_docs = _parse_docstring(inspect.getdoc(function) or "")
         if not summary:
             raise TypeError(f"tool {self.name}: the function needs a docstring (it is the tool's description)")
@@ -184,10 +186,16 @@ class ToolRegistry:
         self.settings = settings
 
     def policy(self, name: str) -> ToolPolicy:
-        return self.settings.policy_for(name)
+        """The user's choice for the tool; without one, the default, raised to the tool's floor if it has one."""
+        policy = self.settings.policy_for(name)
+        floor = getattr(self.tools.get(name), "policy_floor", None)
+        if name not in self.settings.policy and policy == "auto" and floor is not None and floor() == "ask":
+            return "ask"
+        return policy
 
     def enabled(self) -> list[Tool]:
-        return [tool for name, tool in sorted(self.tools.items()) if self.policy(name) != "off"]
+        # A floor only ever turns auto into ask, so it is not consulted here (it may cost a probe).
+        return [tool for name, tool in sorted(self.tools.items()) if self.settings.policy_for(name) != "off"]
 
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)

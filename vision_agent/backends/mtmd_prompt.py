@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from vision_agent.backends import llama_log
 from vision_agent.backends.answer_tokens import Piece
 from vision_agent.backends.caches import ByteBoundedLRU, PositionKeys, Snapshot, SnapshotStore, common_prefix
+from vision_agent.backends.special_text import TextGuard, has_placeholder
 from vision_agent.errors import BackendError
 from vision_agent.messages import ImagePart
 
@@ -73,6 +74,14 @@ class TokenizedPrompt:
 
 
 @dataclass
+class GuardedText:
+    """A rendered prompt's placeholders and the guard that made them (see special_text)."""
+
+    guard: TextGuard
+    table: list[str]
+
+
+@dataclass
 class EvalStats:
     reused: int = 0  # positions kept from the KV cache or restored from a snapshot
     evaluated: int = 0
@@ -108,15 +117,25 @@ class PromptEvaluator:
 
     # -- tokenisation -------------------------------------------------------------------------------
 
-    def tokenize(self, pieces: list[Piece], images: list[ImagePart]) -> TokenizedPrompt:
-        """Text pieces through libmtmd (the images go with the markers in them); token spans as they are."""
+    def tokenize(self, pieces: list[Piece], images: list[ImagePart], guard: GuardedText | None = None) -> TokenizedPrompt:
+        """Text pieces through libmtmd (the images go with the markers in them); token spans as they are.
+
+        With `guard`, text pieces that hold placeholders are cut at the structure's special tokens and
+        markers, and the text between them is tokenised with special-token parsing off (see special_text).
+        """
         prompt = TokenizedPrompt()
         remaining = list(images)
         try:
             for index, piece in enumerate(pieces):
                 if isinstance(piece, str):
-                    count = piece.count(self.media_marker)
-                    self._tokenize_text(prompt, piece, remaining[:count], add_special=index == 0)
+                    add_special = index == 0
+                    if guard is not None and has_placeholder(piece):
+                        parts = guard.guard.split(piece, guard.table)
+                        count = sum(kind == "media" for kind, _ in parts)
+                        self._tokenize_parts(prompt, parts, remaining[:count], add_special)
+                    else:
+                        count = piece.count(self.media_marker)
+                        self._tokenize_text(prompt, piece, remaining[:count], add_special)
                     remaining = remaining[count:]
                 else:
                     tokens = list(piece)
@@ -129,26 +148,66 @@ class PromptEvaluator:
     def _tokenize_text(self, prompt: TokenizedPrompt, text: str, images: list[ImagePart], add_special: bool) -> None:
         import llama_cpp.mtmd_cpp as mtmd_cpp
 
-        handle = mtmd_cpp.mtmd_input_chunks_init()
-        prompt.handles.append(handle)
+        input_text = _input_text(text, add_special=add_special, parse_special=True)
         bitmaps = [_bitmap(image) for image in images]
         try:
-            input_text = mtmd_cpp.mtmd_input_text()
-            encoded = text.encode("utf-8")
-            input_text.text = encoded
-            input_text.text_len = len(encoded)
-            input_text.add_special = add_special
-            input_text.parse_special = True
             array = (mtmd_cpp.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
+            handle = self._new_chunks(prompt)
             status = mtmd_cpp.mtmd_tokenize(self.mtmd, handle, ctypes.byref(input_text), array, len(bitmaps))
-            if status != 0:
-                raise BackendError(
-                    f"libmtmd could not tokenise the prompt (code {status}): "
-                    f"{llama_log.last_error('image/marker mismatch or image preprocessing error')}"
-                )
+            self._check_tokenized(status)
         finally:
             for bitmap in bitmaps:
                 mtmd_cpp.mtmd_bitmap_free(bitmap)
+        self._add_chunks(prompt, handle)
+
+    def _tokenize_parts(
+        self, prompt: TokenizedPrompt, parts: list[tuple[str, str]], images: list[ImagePart], add_special: bool
+    ) -> None:
+        """Each part on its own: text with special-token parsing off, the structure's specials on, images."""
+        import llama_cpp.mtmd_cpp as mtmd_cpp
+
+        bitmaps = [_bitmap(image) for image in images]
+        try:
+            keep = []  # the ctypes objects the parts point to stay alive until libmtmd has read them
+            inputs = []
+            images_left = iter(bitmaps)
+            for kind, text in parts:
+                part = mtmd_cpp.mtmd_input_part()
+                if kind == "media":
+                    part.bitmap = next(images_left)
+                else:
+                    input_text = _input_text(text, add_special=False, parse_special=kind == "special")
+                    keep.append(input_text)
+                    part.text = ctypes.pointer(input_text)
+                keep.append(part)
+                inputs.append(ctypes.pointer(part))
+            array = (ctypes.POINTER(mtmd_cpp.mtmd_input_part) * len(inputs))(*inputs)
+            handle = self._new_chunks(prompt)
+            status = mtmd_cpp.mtmd_tokenize_from_parts(self.mtmd, handle, array, len(inputs), add_special)
+            self._check_tokenized(status)
+        finally:
+            for bitmap in bitmaps:
+                mtmd_cpp.mtmd_bitmap_free(bitmap)
+        self._add_chunks(prompt, handle)
+
+    @staticmethod
+    def _new_chunks(prompt: TokenizedPrompt):
+        import llama_cpp.mtmd_cpp as mtmd_cpp
+
+        handle = mtmd_cpp.mtmd_input_chunks_init()
+        prompt.handles.append(handle)
+        return handle
+
+    @staticmethod
+    def _check_tokenized(status: int) -> None:
+        if status != 0:
+            raise BackendError(
+                f"libmtmd could not tokenise the prompt (code {status}): "
+                f"{llama_log.last_error('image/marker mismatch or image preprocessing error')}"
+            )
+
+    def _add_chunks(self, prompt: TokenizedPrompt, handle) -> None:
+        import llama_cpp.mtmd_cpp as mtmd_cpp
 
         for index in range(mtmd_cpp.mtmd_input_chunks_size(handle)):
             pointer = mtmd_cpp.mtmd_input_chunks_get(handle, index)
@@ -290,9 +349,23 @@ class PromptEvaluator:
         return embedding
 
 
+def _input_text(text: str, *, add_special: bool, parse_special: bool):
+    import llama_cpp.mtmd_cpp as mtmd_cpp
+
+    encoded = text.encode("utf-8")
+    input_text = mtmd_cpp.mtmd_input_text()
+    input_text.text = encoded
+    input_text.text_len = len(encoded)
+    input_text.add_special = add_special
+    input_text.parse_special = parse_special
+    return input_text
+
+
 def _bitmap(image: ImagePart):
     import llama_cpp.mtmd_cpp as mtmd_cpp
 
+    if len(image.rgb) != image.width * image.height * 3:  # libmtmd reads width * height * 3 bytes
+        raise BackendError(f"image {image.source or image.sha256[:12]}: pixel data does not match its size")
     data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
     bitmap = mtmd_cpp.mtmd_bitmap_init(image.width, image.height, data)
     if not bitmap:
