@@ -9,9 +9,10 @@ import argparse
 import sys
 
 EXIT_CODES_HELP = """exit codes:
-  0 ok   1 error   2 usage or config   3 no model   4 bad model file   5 mismatched model pair
+  0 ok   1 internal error (a bug)   2 usage or config   3 no model   4 bad model file   5 mismatched model pair
   6 image not found   7 corrupt image   8 image too large   9 context overflow   10 download failed
-  11 llama.cpp failure   12 tool error   13 the model broke the step format   130 interrupted"""
+  11 llama.cpp failure   12 tool error   13 the model broke the step format   14 saved conversation unusable
+  130 interrupted (SIGINT)   129 hang-up (SIGHUP)   143 terminated (SIGTERM)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from vision_agent.errors import EXIT_INTERRUPTED, VisionAgentError
+    from vision_agent.terminal import safe_line
 
     try:
         from vision_agent.config import load_settings
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.verbose)
         return _dispatch(args, settings)
     except VisionAgentError as exc:
-        print(f"vision-agent: {exc}", file=sys.stderr)
+        print(f"vision-agent: {safe_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("vision-agent: interrupted", file=sys.stderr)
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
-        print(f"vision-agent: internal error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        message = safe_line(f"{type(exc).__name__}: {exc}")
+        print(f"vision-agent: internal error: {message} (run with -v for details)", file=sys.stderr)
         return 1
 
 

@@ -53,7 +53,9 @@ class GenerationSettings(_Section):
 
 class ImageSettings(_Section):
     max_bytes: int = Field(50 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="per image, read from the header before decoding")
+    max_total_pixels: int = Field(200_000_000, ge=1, description="all attachments of one request together")
+    max_kept_pixels: int = Field(16_000_000, ge=1, description="a larger decoded image is scaled down to this")
 
 
 class AgentSettings(_Section):
@@ -144,38 +146,88 @@ def default_config_path() -> Path:
     return Path(user_config_dir("vision-agent")) / CONFIG_FILE_NAME
 
 
+MAX_CONFIG_BYTES = MIB  # real config files are a few hundred bytes
+
+
 def load_settings(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build Settings. An explicit config path must exist; the default one is optional."""
+    from pydantic_settings import SettingsError
+
     file_values: dict[str, Any] = {}
     path = Path(config_path) if config_path else default_config_path()
-    if config_path or path.is_file():
+    if config_path or _exists(path):
         file_values = read_toml(path)
-    _check_env_keys()
+    complex_keys = _check_env_keys()
     # A subclass per call carries this file's values into the source chain without global state.
     bound = type("Settings", (Settings,), {"_file_values": file_values})
     try:
         return bound(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path if file_values else None)) from None
+    except (SettingsError, RecursionError) as exc:  # a VISION_AGENT_* value that is not the JSON it needs
+        raise ConfigError(_describe_env_json(complex_keys) or f"settings: {exc}") from None
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def _exists(path: Path) -> bool:
+    """Whether the default config file is there (a symlink loop or an over-long name is an error, not 'absent')."""
+    try:
+        os.stat(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot access ({exc.strerror})") from None
+
+
+def read_toml(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """A TOML file of at most `max_bytes`, UTF-8: anything else (a device, a FIFO, a directory, a loop of
+    symlinks, binary data) is a ConfigError with the reason, never a hang or a traceback."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
+    text = read_text_file(path, max_bytes, what="config file", error=ConfigError)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: no such file") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: invalid TOML (nested too deeply)") from None
 
 
-def _check_env_keys() -> None:
-    """pydantic-settings ignores unknown VISION_AGENT_* variables; a typo there should not pass silently."""
+def read_text_file(path: Path, max_bytes: int, *, what: str, error: type[Exception]) -> str:
+    """The UTF-8 text of a regular file no larger than `max_bytes`; `error` says what is wrong otherwise."""
+    import stat
+
+    try:
+        # Non-blocking, so that a FIFO with no writer cannot hang the open; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{what} {path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise error(f"{what} {path}: larger than {max_bytes:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _check_env_keys() -> set[str]:
+    """pydantic-settings ignores unknown VISION_AGENT_* variables; a typo there should not pass silently.
+    Returns the variables whose value pydantic-settings parses as JSON (lists, dicts, whole sections)."""
     known: set[str] = set()
+    complex_keys: set[str] = set()
     open_prefixes: list[str] = []  # dict-valued settings take any key below them
 
     def collect(prefix: str, model: type[BaseModel]) -> None:
@@ -183,15 +235,39 @@ def _check_env_keys() -> None:
             key = f"{prefix}{name}".upper()
             known.add(key)
             if isinstance(field.default, BaseModel):
+                complex_keys.add(key)
                 collect(f"{key}__", type(field.default))
-            elif isinstance(field.default, dict):
-                open_prefixes.append(f"{key}__")
+            elif isinstance(field.default, (dict, list)):
+                complex_keys.add(key)
+                if isinstance(field.default, dict):
+                    open_prefixes.append(f"{key}__")
 
     collect("VISION_AGENT_", Settings)
     for name in os.environ:
         upper = name.upper()
         if upper.startswith("VISION_AGENT_") and upper not in known and not upper.startswith(tuple(open_prefixes)):
-            raise ConfigError(f"environment variable {name}: unknown setting")
+            raise ConfigError(f"environment variable {_shown(name)}: unknown setting")
+    return complex_keys
+
+
+def _describe_env_json(complex_keys: set[str]) -> str | None:
+    """Which VISION_AGENT_* variable holds JSON that does not parse, and where."""
+    import json
+
+    for name, value in os.environ.items():
+        if name.upper() in complex_keys:
+            try:
+                json.loads(value)
+            except json.JSONDecodeError as exc:
+                return f"environment variable {name}: invalid JSON ({exc.msg} at character {exc.pos})"
+            except RecursionError:
+                return f"environment variable {name}: invalid JSON (nested too deeply)"
+    return None
+
+
+def _shown(text: str) -> str:
+    """A name from the environment, fit for a one-line message (control characters escaped)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:200])
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import http.client
+import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from vision_agent.catalog import CatalogEntry
@@ -124,12 +126,56 @@ def _sha256(path: Path, label: str) -> str:
     return digest.hexdigest()
 
 
+class _RetryReporter(logging.Handler):
+    """huggingface-hub logs each retry through its own stderr handler, and again through ours (the record
+    propagates to the root logger): every line came twice, in its words. While a hub call runs, its records
+    come here instead: one line per retry, with the reason; the final failure is our DownloadError alone."""
+
+    _RETRY = re.compile(r"(?:Retrying in|Rate limited\. Waiting) ([\d.]+)s.*\[Retry (\d+)/(\d+)\]")
+    _FAILED = re.compile(r"^(?:'(?P<error>.*)'|HTTP Error (?P<status>\d+)) thrown while requesting", re.S)
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.reason = "the hub did not answer"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from vision_agent.terminal import safe_line
+
+        message = record.getMessage()
+        if failed := self._FAILED.match(message):
+            status = failed.group("status")
+            self.reason = (
+                f"hub answered HTTP {status}"
+                if status
+                else f"cannot reach the hub ({_first_line(failed.group('error'))})"
+            )
+            self.reason = safe_line(self.reason)
+        elif retry := self._RETRY.search(message):
+            wait, attempt, attempts = retry.groups()
+            print(f"vision-agent: {self.reason}; retry {attempt}/{attempts} in {float(wait):g} s", file=sys.stderr)
+        elif record.levelno >= logging.WARNING:
+            print(f"vision-agent: hub: {safe_line(message)}", file=sys.stderr)
+
+
+@contextmanager
+def _hub_messages():
+    hub_logger = logging.getLogger("huggingface_hub")
+    saved = hub_logger.handlers[:], hub_logger.propagate
+    hub_logger.handlers[:] = [_RetryReporter()]
+    hub_logger.propagate = False
+    try:
+        yield
+    finally:
+        hub_logger.handlers[:], hub_logger.propagate = saved
+
+
 def _hub_call(call, entry: CatalogEntry, filename: str = ""):
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
     what = f"{entry.repo}/{filename}" if filename else entry.repo
     try:
-        return call()
+        with _hub_messages():
+            return call()
     except EntryNotFoundError:
         raise DownloadError(f"{what}: no such file on the hub (the catalog may be out of date)") from None
     except RepositoryNotFoundError:
@@ -146,5 +192,9 @@ def _hub_call(call, entry: CatalogEntry, filename: str = ""):
         raise
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _first_line(exc: Exception | str) -> str:
+    """The first line of an error from the hub (or whatever answers at HF_ENDPOINT), fit for a terminal."""
+    from vision_agent.terminal import safe_line
+
+    text = exc if isinstance(exc, str) else str(exc)
+    return safe_line((text.strip().splitlines() or [type(exc).__name__])[0][:300])

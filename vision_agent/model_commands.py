@@ -58,12 +58,14 @@ def pull(args: argparse.Namespace, settings: Settings) -> int:
 
 def info(args: argparse.Namespace, settings: Settings) -> int:
     from vision_agent.gguf_info import read_summary
+    from vision_agent.terminal import safe_line
 
     s = read_summary(args.path)
+    # Every string here comes from the file (or its name): shown with control characters made visible.
     lines = [
-        ("file", str(s.path)),
-        ("name", s.name or "-"),
-        ("architecture", s.architecture),
+        ("file", safe_line(str(s.path))),
+        ("name", safe_line(s.name) or "-"),
+        ("architecture", safe_line(s.architecture)),
         ("size", _size(s.size_bytes)),
         ("parameters", f"{s.n_params:,}"),
     ]
@@ -72,7 +74,7 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
     if s.is_projector:
         lines += [
             ("role", "projector (mmproj)" if s.has_vision else "projector without vision"),
-            ("projector type", s.projector_type or "-"),
+            ("projector type", safe_line(s.projector_type or "-")),
             ("output width", str(s.projection_dim or "-")),
             ("image size", f"{s.image_size}px, {s.patch_size}px patches" if s.image_size else "-"),
         ]

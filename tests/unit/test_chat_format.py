@@ -49,3 +49,25 @@ def test_choose_template():
     assert choose_template("chatml", "{{ x }}") == chat_template("chatml")  # a forced family wins
     with pytest.raises(ConfigError, match="no chat template"):
         choose_template("gguf", None)
+
+
+def test_a_template_is_compiled_once_and_renders_the_same_as_its_text(image):
+    from vision_agent.chat_format import compile_template
+
+    text = chat_template("chatml")
+    compiled = compile_template(text)
+    assert compile_template(text) is compiled  # cached: read_summary's check and the backend share it
+    messages = [Message.system("Sys."), Message.user("Q?", [image])]
+    assert render(compiled, messages) == render(text, messages)
+
+
+def test_template_errors_are_a_bad_model_file_at_load_and_a_backend_error_at_render():
+    from vision_agent.chat_format import compile_template
+    from vision_agent.errors import BackendError, ModelFileError
+
+    with pytest.raises(ModelFileError, match="syntax error on line 1"):
+        compile_template("{% if %}")
+    with pytest.raises(BackendError, match="refused this conversation: no system role"):
+        render("{{ raise_exception('no system role') }}", [Message.user("hi")])
+    with pytest.raises(BackendError, match="UndefinedError"):
+        render("{{ messages[0].content.nope.deeper }}", [Message.assistant("hi")])

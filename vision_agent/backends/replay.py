@@ -19,16 +19,24 @@ _PIECES = re.compile(r"\s*\S+|\s+")
 IMAGE_TOKENS = 16
 
 
+MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+
+
 def parse_script(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelFileError(f"replay script {path}: cannot read ({exc.strerror})") from None
+    """The turns of a replay script; a file that is not one (binary, too large, the wrong JSON shape, not a
+    regular file) is a bad model file (exit 4) with the reason."""
+    from vision_agent.config import read_text_file
+
+    text = read_text_file(path, MAX_SCRIPT_BYTES, what="replay script", error=ModelFileError)
+    if "\0" in text:
+        raise ModelFileError(f"replay script {path}: binary data (NUL bytes), not text")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ModelFileError(f"replay script {path}: invalid JSON ({exc})") from None
+        except RecursionError:
+            raise ModelFileError(f"replay script {path}: invalid JSON (nested too deeply)") from None
         turns = data.get("turns") if isinstance(data, dict) else data
         if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
             raise ModelFileError(f'replay script {path}: expected a list of strings or {{"turns": [...]}}')

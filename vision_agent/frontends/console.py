@@ -1,30 +1,37 @@
 """One-shot `ask`: the answer streams to stdout; thoughts, tool calls and diagnostics go to stderr.
 
-With --json every event goes to stdout as one JSON line. Ctrl-C cancels the run cleanly (the stream
-still ends with `done`); a second Ctrl-C exits at once.
+With --json every event goes to stdout as one JSON line. SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel the
+run: it still ends with `done` (cancelled) within a second, and the exit code says which signal
+(130, 143, 129). A second signal quits at once. Everything shown comes through vision_agent.terminal:
+text from the model, a tool or a file never acts on the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
+import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from vision_agent.config import Settings
-from vision_agent.errors import EXIT_INTERRUPTED, ConfigError
-from vision_agent.events import Done, Event, Notice, Token, ToolCall, ToolResult, to_json
+from vision_agent.errors import EXIT_INTERRUPTED, ConfigError, ContextOverflowError
+from vision_agent.events import Done, Event, Notice, Token, ToolCall, ToolResult, UsageInfo, to_json
 from vision_agent.messages import ImagePart
+from vision_agent.terminal import safe, safe_json, safe_line
+
+# Read at most this much of a prompt from stdin: a model's context is far smaller, and memory is finite.
+MAX_PROMPT_BYTES = 8 * 1024 * 1024
+# After a cancel, how long the run has to end with its own `done` before we end it ourselves.
+CANCEL_GRACE_S = 0.8
 
 
 def ask(args: argparse.Namespace, settings: Settings) -> int:
-    from vision_agent.agent import Agent
-    from vision_agent.backends.factory import make_backend
-    from vision_agent.catalog import resolve_model
-    from vision_agent.history import load_last, save_last
     from vision_agent.messages import Conversation
     from vision_agent.tooling import apply_tool_flags, build_registry
 
@@ -33,86 +40,205 @@ def ask(args: argparse.Namespace, settings: Settings) -> int:
     prompt = read_prompt(args.prompt, stdin_taken=stdin_used)
     settings.tools = apply_tool_flags(settings.tools, args.tools, args.no_tools, args.tool_policy or [])
     registry = build_registry(settings)
-    conversation = load_last() if args.continue_conversation else Conversation()
+    conversation = Conversation()
+    if args.continue_conversation:
+        from vision_agent.history import load_last
+
+        loaded = load_last(max_pixels=settings.images.max_pixels)
+        conversation = loaded.conversation
+        for problem in loaded.problems:
+            print(f"vision-agent: note: {safe_line(problem)}", file=sys.stderr)
     interactive = not args.json and not stdin_used and sys.stdin.isatty() and sys.stderr.isatty()
-    backend = make_backend(resolve_model(settings.model), settings.model)
-    try:
-        agent = Agent(backend, settings, registry, approver=terminal_approver() if interactive else None)
-        cancel = threading.Event()
-        events = in_background(lambda: agent.stream(prompt, images, conversation, cancel), cancel)
-        code = write_events(events, sys.stdout, sys.stderr, json_lines=args.json)
-    finally:
-        backend.close()
+    approver = terminal_approver() if interactive else None
+    cancel = threading.Event()
+
+    def run() -> Iterator[Event]:
+        # Loaded in the worker too, so that a signal during a long load is still answered at once.
+        from vision_agent.agent import Agent
+        from vision_agent.backends.factory import make_backend
+        from vision_agent.catalog import resolve_model
+
+        backend = make_backend(resolve_model(settings.model), settings.model)
+        try:
+            yield from Agent(backend, settings, registry, approver=approver).stream(
+                prompt, images, conversation, cancel
+            )
+        finally:
+            backend.close()
+
+    with SignalCancel(cancel) as signals:
+        worker = Background(run, cancel)
+        code = write_events(worker.events(), sys.stdout, sys.stderr, json_lines=args.json)
+    if signals.received is not None and code == EXIT_INTERRUPTED:
+        code = 128 + signals.received
+    if worker.abandoned:  # stuck in llama.cpp: do not wait for it, nor let interpreter shutdown meet it
+        quit_now(code)
     if code == 0:
-        save_last(conversation)
+        from vision_agent.history import save_last
+
+        save_last(conversation)  # StoreError (14) says so; the answer was shown already
     return code
 
 
 def load_attachments(paths: list[str], settings: Settings) -> list[ImagePart]:
-    from vision_agent.images import decode_image, read_image_file
+    """Every attachment's bytes, then the request's pixel budget from their headers, then decoding."""
+    from vision_agent.images import check_request, decode_image, display_name, header_pixels, read_image_bytes
 
-    limits = {"max_bytes": settings.images.max_bytes, "max_pixels": settings.images.max_pixels}
+    limits = settings.images
     if paths.count("-") > 1:
         raise ConfigError("-a - (stdin) can be given only once")
-    images = []
+    sources = []
     for path in paths:
         if path == "-":
-            data = sys.stdin.buffer.read(limits["max_bytes"] + 1)
-            images.append(decode_image(data, source="<stdin>", **limits))
+            sources.append(("<stdin>", sys.stdin.buffer.read(limits.max_bytes + 1)))
         else:
-            images.append(read_image_file(path, **limits))
+            sources.append((display_name(path), read_image_bytes(path, max_bytes=limits.max_bytes)))
+    check_request([header_pixels(data, name) for name, data in sources], limits.max_total_pixels)
+    images = []
+    while sources:  # popped, so that each file's encoded bytes are freed once it is decoded
+        name, data = sources.pop(0)
+        images.append(
+            decode_image(
+                data,
+                source=name,
+                max_bytes=limits.max_bytes,
+                max_pixels=limits.max_pixels,
+                max_kept_pixels=limits.max_kept_pixels,
+            )
+        )
     return images
 
 
 def read_prompt(prompt: str | None, *, stdin_taken: bool) -> str:
     if prompt is None and not stdin_taken and not sys.stdin.isatty():
-        prompt = sys.stdin.read()
+        data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        if len(data) > MAX_PROMPT_BYTES:
+            raise ContextOverflowError(f"the prompt on stdin is over {MAX_PROMPT_BYTES // 2**20} MiB")
+        prompt = _valid_text(data, "the prompt on stdin")
+    elif prompt is not None:
+        # Arguments that are not valid UTF-8 arrive with surrogate escapes, which nothing later can encode.
+        prompt = _valid_text(prompt.encode("utf-8", errors="surrogateescape"), "the prompt")
     if not prompt or not prompt.strip():
         raise ConfigError("no prompt: give PROMPT as an argument or pipe it on stdin")
     return prompt.strip()
+
+
+def _valid_text(data: bytes, what: str) -> str:
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count("\ufffd".encode())
+    if bad > 0:
+        print(f"vision-agent: note: {what} is not valid UTF-8; {bad} invalid byte sequence(s) became U+FFFD",
+              file=sys.stderr)  # fmt: skip
+    return text
 
 
 def terminal_approver(err: TextIO = sys.stderr, answers: TextIO = sys.stdin):
     """Asks on the terminal before a tool under the `ask` policy runs."""
 
     def approve(tool: str, arguments: dict) -> bool:
-        shown = json.dumps(arguments, ensure_ascii=False)
-        err.write(f"\nvision-agent: run {tool} {shown[:400]}? [y/N] ")
+        shown = safe_line(json.dumps(arguments, ensure_ascii=False))
+        err.write(f"\nvision-agent: run {safe_line(tool)} {shown[:400]}? [y/N] ")
         err.flush()
         return answers.readline().strip().lower() in ("y", "yes")
 
     return approve
 
 
-def in_background(start, cancel: threading.Event, err: TextIO = sys.stderr) -> Iterator[Event]:
-    """Run the event stream in a worker thread so that Ctrl-C reaches the main thread at once.
+class SignalCancel:
+    """SIGINT, SIGTERM and SIGHUP cancel the run; a second one quits at once (its children killed first)."""
 
-    The first Ctrl-C asks the run to stop (it still ends with `done`); a second one quits.
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self, cancel: threading.Event, err: TextIO = sys.stderr):
+        self.cancel, self.err = cancel, err
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> SignalCancel:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, _frame) -> None:
+        if self.cancel.is_set():
+            quit_now(128 + number)
+        self.received = number
+        self.cancel.set()
+        hint = " (Ctrl-C again to quit at once)" if number == signal.SIGINT else ""
+        _try_write(self.err, f"\nvision-agent: cancelling…{hint}\n")
+
+
+def quit_now(code: int) -> None:
+    """Leave at once: no process of ours outlives us, whatever thread is stuck where."""
+    _kill_children()
+    for stream in (sys.stdout, sys.stderr):
+        _try_write(stream, "")
+    os._exit(code)
+
+
+def _kill_children() -> None:
+    try:
+        from vision_agent import sandbox
+
+        kill_all = getattr(sandbox, "kill_all", None)
+        if kill_all is not None:
+            kill_all()
+    except Exception:  # leaving anyway
+        pass
+
+
+class Background:
+    """Run the event stream in a worker thread so that signals reach the main thread at once.
+
+    Once the run is cancelled it has CANCEL_GRACE_S to end with its own `done`; a worker stuck in a
+    call that cannot be interrupted (an image encode, a model load) gets a `done` written for it and is
+    left behind (`abandoned`). An error raised before the first event (a bad model file) is raised in
+    the caller's thread.
     """
-    events: queue.Queue = queue.Queue()
-    end = object()
 
-    def work():
-        try:
-            for event in start():
-                events.put(event)
-        finally:
-            events.put(end)
+    def __init__(self, start: Callable[[], Iterable[Event]], cancel: threading.Event):
+        self.start, self.cancel = start, cancel
+        self.abandoned = False
 
-    threading.Thread(target=work, name="agent", daemon=True).start()
-    while True:
-        try:
-            event = events.get()
-        except KeyboardInterrupt:
-            if cancel.is_set():
-                raise
-            cancel.set()
-            err.write("\nvision-agent: cancelling… (Ctrl-C again to quit at once)\n")
-            err.flush()
-            continue
-        if event is end:
-            return
-        yield event
+    def events(self) -> Iterator[Event]:
+        events: queue.Queue = queue.Queue()
+        end = object()
+
+        def work():
+            try:
+                for event in self.start():
+                    events.put(event)
+            except BaseException as exc:  # handed to the main thread
+                events.put(exc)
+            finally:
+                events.put(end)
+
+        threading.Thread(target=work, name="agent", daemon=True).start()
+        cancelled_at = None
+        completion_tokens = 0
+        while True:
+            if self.cancel.is_set() and cancelled_at is None:
+                cancelled_at = time.monotonic()
+            try:
+                event = events.get(timeout=0.05)
+            except queue.Empty:
+                if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+                    self.abandoned = True
+                    yield Done(status="cancelled", usage=UsageInfo(completion_tokens=completion_tokens))
+                    return
+                continue
+            if event is end:
+                return
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, Token):
+                completion_tokens += 1
+            yield event
 
 
 def write_events(events: Iterable[Event], out: TextIO, err: TextIO, *, json_lines: bool) -> int:
@@ -134,13 +260,23 @@ def _exit_code(done: Done) -> int:
     return done.error.exit_code if done.error is not None else 0
 
 
+def _try_write(stream: TextIO, text: str) -> bool:
+    """Write and flush; False when the stream is gone (a closed pipe, a hung-up terminal)."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 class _JsonView:
     def __init__(self, out: TextIO):
         self.out = out
 
     def show(self, event: Event) -> None:
-        self.out.write(to_json(event) + "\n")
-        self.out.flush()
+        # JSON escapes control characters itself; safe_json escapes the few it leaves raw (C1, bidi).
+        _try_write(self.out, safe_json(to_json(event)) + "\n")
 
 
 class _TextView:
@@ -150,36 +286,35 @@ class _TextView:
         self.out, self.err = out, err
         self.wrote_answer = False
         self.err_mid_line = False
-        self.dim = err.isatty()
+        self.dim = _isatty(err)
 
     def show(self, event: Event) -> None:
         if isinstance(event, Token):
             if event.part == "answer":
                 if self.err_mid_line:
                     self._line("")
-                self.out.write(event.text)
-                self.out.flush()
+                _try_write(self.out, safe(event.text))
                 self.wrote_answer = True
             else:
                 if not self.err_mid_line:
                     self._err("thought: ")
-                self._err(event.text, dim=True)
+                self._err(safe(event.text), dim=True)
                 self.err_mid_line = True
         elif isinstance(event, ToolCall):
-            self._line(f"→ {event.tool} {json.dumps(event.arguments, ensure_ascii=False)[:300]}")
+            arguments = safe_line(json.dumps(event.arguments, ensure_ascii=False))
+            self._line(f"→ {safe_line(event.tool)} {arguments[:300]}")
         elif isinstance(event, ToolResult):
             lines = event.output.splitlines() or [""]
             more = f" (+{len(lines) - 6} lines)" if len(lines) > 6 else ""
             status = "ok" if event.ok else "error"
-            body = "\n  ".join(line[:200] for line in lines[:6])
-            self._line(f"← {event.tool} {status} ({event.seconds:.2f} s): {body}{more}")
+            body = "\n  ".join(safe_line(line[:200]) for line in lines[:6])
+            self._line(f"← {safe_line(event.tool)} {status} ({event.seconds:.2f} s): {body}{more}")
         elif isinstance(event, Notice):
-            self._line(f"vision-agent: note: {event.message}")
+            self._line(f"vision-agent: note: {safe(event.message)}")
 
     def finish(self, done: Done) -> None:
         if self.wrote_answer:
-            self.out.write("\n")
-            self.out.flush()
+            _try_write(self.out, "\n")
         if done.status == "max_steps":
             self._line(
                 f"vision-agent: the step limit was reached after {done.steps - 1} steps; answered without more tools"
@@ -187,18 +322,23 @@ class _TextView:
         elif done.status == "cancelled":
             self._line("vision-agent: cancelled")
         elif done.error is not None:
-            self._line(f"vision-agent: {done.error.message}")
+            self._line(f"vision-agent: {safe(done.error.message)}")
         elif self.err_mid_line:
             self._line("")
 
     def _line(self, text: str) -> None:
         if self.err_mid_line:
-            self.err.write("\n")
+            _try_write(self.err, "\n")
             self.err_mid_line = False
         if text:
-            self.err.write(text + "\n")
-        self.err.flush()
+            _try_write(self.err, text + "\n")
 
     def _err(self, text: str, dim: bool = False) -> None:
-        self.err.write(f"\x1b[2m{text}\x1b[0m" if dim and self.dim else text)
-        self.err.flush()
+        _try_write(self.err, f"\x1b[2m{text}\x1b[0m" if dim and self.dim else text)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
