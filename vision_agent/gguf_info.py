@@ -1,11 +1,8 @@
-"""Reads GGUF metadata before llama.cpp sees a file, so bad or mismatched files get a clear refusal.
+"""The summary of a GGUF file that the rest of the app uses, read before llama.cpp sees the file.
 
-Two walls. The reader is bounded: every length, count, type, dimension and offset is checked against the
-file's size and a fixed cap before it is used, large arrays are skipped by seeking, and only the values
-this module needs are materialised. Then the values llama.cpp and libmtmd assert on (GGML_ASSERT aborts
-the process, with fds 1/2 pointed at /dev/null while loading) are validated, with their types, against the
-rules of the llama.cpp we build (0.3.36: src/llama-model.cpp, llama-vocab.cpp, tools/mtmd/clip.cpp).
-A refusal is a ModelFileError (exit 4) or, for a pair that does not belong together, a ModelMismatchError
+Two walls: gguf_reader reads it with every length, count and offset bounded; gguf_rules then checks the
+values llama.cpp and libmtmd assert on (a GGML_ASSERT aborts the process, silently while loading). A
+refusal is a ModelFileError (exit 4) or, for a pair that does not belong together, a ModelMismatchError
 (exit 5), with one line that names the key.
 """
 
