@@ -271,7 +271,7 @@ REACHABLE_OBJECTS = {
         "import functools\nf = functools.lru_cache(len)\nf.__wrapped__", error="invalid attribute"
     ),
     "nul_byte_in_code": Hostile("1\x00 + 1", error="SyntaxError|null"),
-    "absurd_nesting": Hostile("(" * 100000 + ")" * 100000, error="SyntaxError|too many|nest|Recursion"),
+    "absurd_nesting": Hostile("(" * 100000 + ")" * 100000, error="SyntaxError|too many|nest|Recursion|too long"),
     "fullwidth_dunder": Hostile("(1).\uff3f\uff3fclass\uff3f\uff3f", error="SyntaxError|invalid attribute"),
     "fullwidth_eval": Hostile("\uff45\uff56\uff41\uff4c('1')", error="Eval calls are not allowed"),
     "apply_with_underscore_kwargs": Hostile("dict(**{'__class__': 1})", absent=LEAKS),

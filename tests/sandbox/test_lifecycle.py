@@ -158,21 +158,25 @@ while not runner._live:
     time.sleep(0.01)
 time.sleep(0.5)
 print("running", flush=True)
+sys.stdin.readline()
 {then}
 """
 
 
 @pytest.mark.parametrize(
     "then",
-    ["time.sleep(60)", "sys.exit(0)", "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"],
+    ["time.sleep(60)", "sys.exit(0)", "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); print('ready', flush=True); time.sleep(60)"],
     ids=["app SIGKILLed", "app exits (atexit)", "app SIGTERMed (its handler exits)"],
 )
 def test_nothing_outlives_the_app(then, tmp_path):
     app = subprocess.Popen([sys.executable, "-c", APP.format(repo=str(REPO), then=then)], stdout=subprocess.PIPE,
-                           env={**os.environ, "TMPDIR": str(tmp_path)})  # fmt: skip
+                           stdin=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path)})  # fmt: skip
     assert app.stdout.readline() == b"running\n"
     assert sandbox_processes(app.pid), "the sandbox child did not start"
+    app.stdin.write(b"go\n")  # only now does the app go on to `then`
+    app.stdin.flush()
     if "SIGTERM" in then:
+        assert app.stdout.readline() == b"ready\n"
         app.send_signal(signal.SIGTERM)
     elif "sleep" in then:
         app.kill()  # no handler, no atexit: only the parent-death signal is left

@@ -11,7 +11,10 @@ to 65534 and every capability cleared, chroot into an empty directory, pid/net/i
 (plus a user namespace when not root), rlimits, a parent-death signal, and the whole process tree killed
 on every exit path (runner). The result comes back on its own pipe, framed with a per-run secret: a program
 that can write to any fd but not read its own memory cannot forge it (one that could read its memory could
-only claim an output it could have printed anyway); fds 1 and 2 are captured, capped, untrusted text.
+only claim an output it could have printed anyway, and the parent checks every field of it: a frame nested too
+deep, of the wrong types or too long is ignored, never an exception here); fds 1 and 2 are captured, capped,
+untrusted text. A program longer than MAX_CODE_CHARS is refused before a child starts; parsing and compiling
+run inside the child's CPU and memory budget.
 
 Per platform: Linux as root or with user namespaces gets every layer; Linux where user namespaces are refused
 gets all but namespaces and chroot (seccomp alone holds: tested); Linux without seccomp or libseccomp.so.2
@@ -46,6 +49,7 @@ __all__ = ["SandboxResult", "run_python", "layers", "os_wall_active", "kill_all"
 # Without these the OS wall does not hold alone; the others (namespaces, chroot, rlimits) add depth.
 REQUIRED_LAYERS = ("seccomp", "no_new_privs", "privileges", "parent-death signal")
 MAX_ERROR_CHARS = 2000
+MAX_CODE_CHARS = 100_000  # a program longer than this is not a tool call; the child's budget bounds the rest
 
 
 @dataclass
@@ -71,6 +75,11 @@ def run_python(
     only: nothing the model writes or the configuration says reaches them."""
     import time
 
+    if not isinstance(code, str):
+        return SandboxResult(ok=False, error=f"the program must be text, not {type(code).__name__}")
+    if len(code) > MAX_CODE_CHARS:
+        return SandboxResult(ok=False, error=f"the program is too long ({len(code):,} characters; at most "
+                                             f"{MAX_CODE_CHARS:,})")  # fmt: skip
     request = {
         "code": code,
         "width": image.width if image else 0,
@@ -112,7 +121,7 @@ def _interpret(outcome, settings: PythonToolSettings) -> SandboxResult:
             output=_clean(body.get("output")) or "",
             value=_clean(body.get("value")),
             error=_clean(body.get("error")),
-            layers=[layer for layer in body.get("layers") or [] if isinstance(layer, dict)],
+            layers=_layers(body.get("layers")),
         )
     report = outcome.exit or {}
     sig = report.get("signal") if isinstance(report.get("signal"), int) else None
@@ -137,6 +146,19 @@ def _interpret(outcome, settings: PythonToolSettings) -> SandboxResult:
         notes.append(lines[-1][:200])
     detail = f": {'; '.join(notes)}" if notes else ""
     return SandboxResult(ok=False, error=f"the sandbox process failed ({reason}) without a result{detail}")
+
+
+def _layers(value) -> list[dict]:
+    """The layers a result reports, as the shape `layers()` has. The result is the child's word: a program that
+    got past the first wall could send any JSON here, so nothing in it is trusted to have a type."""
+    if not isinstance(value, list):
+        return []
+    return [
+        {"name": _clean(item.get("name")) or "?", "active": item.get("active") is True,
+         "detail": _clean(item.get("detail")) or ""}
+        for item in value[:32]
+        if isinstance(item, dict)
+    ]  # fmt: skip
 
 
 def _clean(value) -> str | None:

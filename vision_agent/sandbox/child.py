@@ -14,9 +14,10 @@ per-run secret the program never sees; fds 1 and 2 are only captured, capped, un
    as a subreaper, it also kills whatever that process left behind. When the app died, it also removes
    the temporary directory (its working directory). It reports the exit status and CPU
    time on the result pipe and exits the same way.
-2. The program's process imports what the program may use and compiles it (py_wall, the RestrictedPython
-   wall), then locks itself down (os_wall: fds, rlimits, chroot, privileges, no_new_privs, seccomp), runs
-   the program, writes the result and `_exit`s.
+2. The program's process imports what the program may use, sets its CPU and memory budget, parses and
+   compiles the program inside that budget (py_wall, the RestrictedPython wall), then locks itself down
+   (os_wall: fds, rlimits, chroot, privileges, no_new_privs, seccomp), runs the program, writes the result
+   and `_exit`s.
 
 `restricted: false` in the header (only the Python API of the parent can set it, for the tests that
 prove the OS wall alone) runs the program as plain Python with `os`, `socket`, `subprocess`, `ctypes`,
@@ -116,12 +117,14 @@ def _program_process(request, raw, report, disabled):
     import os_wall
 
     result_fd, max_output = request["result_fd"], request.get("max_output_chars", 20_000)
+    limits = {"cpu_s": request["cpu_s"], "memory_bytes": request["memory_bytes"]}
     try:
         try:
-            program = _prepare(request, raw)
+            program = _prepare(request, raw, limits)
+        except MemoryError:
+            program = _Failed("MemoryError: the program is too large to compile within the sandbox's memory limit")
         except Exception as exc:  # ours, not the program's (a SyntaxError of unrestricted code, a bad install)
             program = _Failed(f"the sandbox could not prepare the program: {type(exc).__name__}: {exc}")
-        limits = {"cpu_s": request["cpu_s"], "memory_bytes": request["memory_bytes"]}
         os_wall.lock_down(report, (1, 2, result_fd), limits, disabled)
         if request.get("probe"):
             result = {"ok": True, "output": "", "value": None}
@@ -132,24 +135,38 @@ def _program_process(request, raw, report, disabled):
             result = program.run()
     except MemoryError:
         result = {"ok": False, "error": "MemoryError: the program exceeded the sandbox's memory limit"}
-    result = {
-        "ok": result.get("ok") is True,
-        "output": _text(result.get("output"), max_output),
-        "value": None if result.get("value") is None else _text(result["value"], max_output),
-        "error": None if result.get("error") is None else _text(result["error"], MAX_ERROR_CHARS),
-        "layers": report.as_list(),
-    }
-    _send(request, {"kind": "result", **result})
+    program = None  # what the program built is freed before the answer is made (memory may be short)
+    try:
+        result = {
+            "ok": result.get("ok") is True,
+            "output": _text(result.get("output"), max_output),
+            "value": None if result.get("value") is None else _text(result["value"], max_output),
+            "error": None if result.get("error") is None else _text(result["error"], MAX_ERROR_CHARS),
+            "layers": report.as_list(),
+        }
+        _send(request, {"kind": "result", **result})
+    except BaseException as exc:  # noqa: BLE001 (out of memory or CPU while answering: say so, briefly)
+        _send(request, {"kind": "result", "ok": False, "output": "", "value": None, "layers": report.as_list(),
+                        "error": f"the sandbox could not send the result ({type(exc).__name__})"})  # fmt: skip
     os._exit(0)
 
 
-def _prepare(request, raw):
+def _prepare(request, raw, limits):
+    """Imports first, then the CPU and memory budget, then parsing and compiling: a hostile program's syntax tree
+    (a few MB of source make GBs) is built inside the budget, the fixed imports outside it."""
+    import os_wall
+
     if request.get("probe"):
         return None
     if request.get("restricted", True):
         import py_wall
 
-        return py_wall.Program(request["code"], request["width"], request["height"], raw, request["max_output_chars"])
+        np = py_wall.warm_up(request["code"], raw)
+        os_wall.set_budget(limits)
+        return py_wall.Program(request["code"], request["width"], request["height"], raw, request["max_output_chars"],
+                               np)  # fmt: skip
+    _Unrestricted.imports()
+    os_wall.set_budget(limits)
     return _Unrestricted(request["code"])
 
 
@@ -160,6 +177,16 @@ class _Failed:
 
 class _Unrestricted:
     """Plain Python with the dangerous modules handed over: what the OS wall must hold against alone."""
+
+    @staticmethod
+    def imports():
+        import ast  # noqa: F401
+        import ctypes  # noqa: F401
+        import mmap  # noqa: F401
+        import socket  # noqa: F401
+        import subprocess  # noqa: F401
+        import threading  # noqa: F401
+        import time  # noqa: F401
 
     def __init__(self, code):
         import ast

@@ -186,6 +186,23 @@ def _children(parent: int) -> list[int]:
 # -- the program's process ---------------------------------------------------------------------------
 
 
+def set_budget(limits: dict) -> None:
+    """CPU seconds, and address space for parsing and compiling the program (a few MB of hostile source make GBs of
+    syntax tree): the memory budget on top of what the imports already hold. `lock_down` then sets the limits of
+    the run."""
+    cpu, memory = limits["cpu_s"], limits["memory_bytes"]
+    try:
+        with open("/proc/self/statm") as f:
+            memory += int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    for kind, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, memory)):
+        try:
+            resource.setrlimit(kind, (value, value))
+        except (ValueError, OSError):
+            pass  # reported by lock_down, which sets them again
+
+
 def lock_down(report: Report, keep_fds: tuple[int, ...], limits: dict, disabled: set[str]) -> None:
     """Everything after the imports and before the program, in an order where each step can still run."""
     if LINUX and "seccomp" not in disabled:

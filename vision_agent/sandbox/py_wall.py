@@ -2,7 +2,8 @@
 
 Imported only by the sandbox child. RestrictedPython refuses at compile time names and attributes starting
 with "_", the inspect attributes (frames, code), eval/exec, async, match and `try/except*`; at run time
-every attribute read goes through `guarded_getattr` and every write through `write_guard`.
+every attribute read goes through `guarded_getattr`, every subscript through `guarded_getitem` and every
+write through `write_guard`. `print` in every scope writes to one capped buffer.
 
 What this module adds is the audit of what the program can reach. The weak spot of this kind of sandbox is
 trusted code that reads or writes attributes *by a name the program chooses* (the name is a string, so
@@ -12,7 +13,12 @@ the compiler never sees it): `str.format` field names, `functools.update_wrapper
 - each module is an allow-list of names (not "everything public"), seen through a view that has no
   `__dict__`, no slots and a frozen class: nothing in it can be read except the listed names, or written;
 - `update_wrapper`/`wraps` are replaced by versions that copy only the standard names, only onto a
-  function the program defined, and never an underscore key;
+  function the program defined, and `__dict__` only from another function of the program (copying a class's
+  dict handed over `str.format` and numpy's `dump` on a holder the name checks do not look at);
+- names are not enough, so values are checked too (`refusal`): whatever an attribute read or a subscript
+  returns, and whatever an attribute is read from, is refused if it is an interpreter internal (module, frame,
+  code, traceback), a module's namespace, a left-out builtin, a slot method, `str.format`/`format_map` or one
+  of numpy's file and memory methods, however the program came to hold it;
 - attribute writes reach only classes the program defined and their instances; item writes reach dicts,
   lists, deques and numpy arrays (numpy refuses writes to the read-only image);
 - numpy array and scalar attributes that reach memory or files are hidden; `empty` (uninitialised memory
@@ -69,6 +75,11 @@ NUMPY_NAMES = (
 ).split()
 # ndarray and numpy scalar attributes that reach memory, files, pickles or the type machinery.
 NUMPY_DENIED = {"tofile", "dump", "dumps", "ctypes", "base", "setflags", "data", "getfield", "setfield", "put"}
+# Builtins that read or write attributes by a chosen name, run code, make classes or reach files.
+REFUSED_BUILTINS = (
+    "open eval exec compile __import__ getattr setattr delattr hasattr vars globals locals dir breakpoint input help "
+    "type super memoryview __build_class__"
+).split()
 
 
 def module_view(name: str, table: dict):
@@ -118,6 +129,64 @@ class OutputLimit(Exception):
     pass
 
 
+# -- what the program may never hold, however it got there ------------------------------------------------
+#
+# The compile-time checks and the getattr guard look at *names*. A helper that copies attributes (as
+# `functools.update_wrapper` did with `__dict__`), an exception attribute (`AttributeError.obj`), or a container
+# can hand over an object without its name ever being checked. So every value that comes out of an attribute
+# read or a subscript is also looked at, and so is the object read from: the interpreter's internals, the real
+# modules and their namespaces, the formatting methods of `str`, numpy's file and memory methods, and the
+# builtins left out are refused whatever holds them.
+
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), tuple, list, set, frozenset, slice, range})
+_C_CALLABLES = (
+    types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType, types.MethodWrapperType,
+    types.GetSetDescriptorType, types.MemberDescriptorType, types.ClassMethodDescriptorType,
+)  # fmt: skip
+_REFUSED_IDS = frozenset(id(getattr(real_builtins, n)) for n in REFUSED_BUILTINS if hasattr(real_builtins, n))
+_INTERNALS = (types.ModuleType, types.FrameType, types.CodeType, types.TracebackType)
+_SUSPECT_METHODS = frozenset({"format", "format_map", *NUMPY_DENIED})
+
+
+def refusal(value, np=None) -> str | None:
+    """Why the program may not hold `value` (None when it may). Fast for the common plain values: it runs on
+    every attribute read and subscript."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return None
+    if kind is dict:
+        return "a module's namespace is not available in the sandbox" if _is_namespace(value) else None
+    if id(value) in _REFUSED_IDS:
+        return f"{getattr(value, '__name__', 'this builtin')} is not available in the sandbox"
+    if issubclass(kind, _C_CALLABLES):  # by type, never `__class__` (which an object can answer as it likes)
+        name = value.__name__
+        if name[:1] == "_":
+            return f"{name!r} is not available in the sandbox"
+        if name in _SUSPECT_METHODS:
+            owner = getattr(value, "__objclass__", None)
+            if owner is None:
+                owner = getattr(value, "__self__", None)
+            if not issubclass(type(owner), type):
+                owner = type(owner)
+            if name in ("format", "format_map") and issubclass(owner, str):
+                return "the format methods of str are not available in the sandbox"
+            if np is not None and name in NUMPY_DENIED and issubclass(owner, (np.ndarray, np.generic)):
+                return f"array attribute {name!r} is not available in the sandbox"
+        return None
+    if issubclass(kind, _INTERNALS):
+        return f"{kind.__name__} objects are not available in the sandbox"
+    return None
+
+
+def _is_namespace(mapping: dict) -> bool:
+    """Whether `mapping` is the `__dict__` of a loaded module (builtins included)."""
+    import sys
+
+    name = mapping.get("__name__")
+    module = sys.modules.get(name) if type(name) is str else None
+    return module is not None and getattr(module, "__dict__", None) is mapping
+
+
 class _ItemsOnly:
     """What `x[k] = v` and `del x[k]` see for containers whose attributes the program may not set."""
 
@@ -141,11 +210,13 @@ class _ItemsOnly:
 class Program:
     """One compiled program and the namespace it will run in. Build before the lock-down, run after."""
 
-    def __init__(self, code: str, width: int, height: int, raw: bytes, max_output: int):
+    def __init__(self, code: str, width: int, height: int, raw: bytes, max_output: int, np=None):
+        """`np`: numpy, when `warm_up` loaded it (the caller sets the memory budget between the two)."""
         from RestrictedPython import compile_restricted_exec
 
         self.max_output = max_output
         self.error = None
+        self.np = np
         try:
             tree = ast.parse(code, FILENAME)
         except SyntaxError as exc:
@@ -166,23 +237,19 @@ class Program:
             self.error = "refused by the sandbox: " + "; ".join(compiled.errors)
             return
         self.code = compiled.code
-        self.np = None
-        if raw or "np" in code or "numpy" in code:
-            import numpy
-
-            _warm_up_numpy(numpy)
-            self.np = numpy
-        _warm_up_stdlib(code)
         self.glb = self._namespace(width, height, raw)
 
     # -- the namespace -------------------------------------------------------------------------------
 
     def _namespace(self, width: int, height: int, raw: bytes) -> dict:
         from RestrictedPython import safe_builtins
-        from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
-        from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
+        from RestrictedPython.Eval import default_guarded_getiter
+        from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safer_getattr_raise
 
         np, glb = self.np, {}
+        # types whose values need no look (the value guard's fast path on every attribute read and subscript)
+        self.plain = _PLAIN | ({np.ndarray, *np.sctypeDict.values()} if np is not None else set())
+        self.safer_getattr = safer_getattr_raise  # by name: "_", the inspect attributes, str.format
         made = weakref.WeakSet()  # classes the program defined
         self.made = made
         views = {}
@@ -213,13 +280,14 @@ class Program:
             math=views["math"], random=views["random"], set=set, frozenset=frozenset, range=range,
             sum=sum, min=min, max=max, sorted=sorted, reversed=reversed, enumerate=enumerate, zip=zip,
             map=map, filter=filter, any=any, all=all, list=list, dict=dict, tuple=tuple, format=format,
+            next=next, iter=iter, bin=bin,
         )  # fmt: skip
         glb.update({
             "__builtins__": builtins,
             "__name__": "sandbox",
             "__metaclass__": type,
             "_getattr_": self._guarded_getattr,
-            "_getitem_": default_guarded_getitem,
+            "_getitem_": self._guarded_getitem,
             "_getiter_": default_guarded_getiter,
             "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
             "_unpack_sequence_": guarded_unpack_sequence,
@@ -248,10 +316,11 @@ class Program:
                 value = getattr(wrapped, attr, None)
                 if isinstance(value, str):
                     setattr(wrapper, attr, value)
-            if "__dict__" in updated:
-                extra = getattr(wrapped, "__dict__", None)
-                if isinstance(extra, (dict, types.MappingProxyType)):
-                    wrapper.__dict__.update({k: v for k, v in extra.items() if isinstance(k, str) and k[:1] != "_"})
+            # `__dict__` only from another function of the program: a class's dict (`str.format`, numpy's `dump`)
+            # or a library object's would hand over what the guards refuse on its owner.
+            if "__dict__" in updated and isinstance(wrapped, types.FunctionType) and wrapped.__globals__ is glb:
+                extra = wrapped.__dict__
+                wrapper.__dict__.update({k: v for k, v in extra.items() if type(k) is str and k[:1] != "_"})
             return wrapper
 
         def wraps(wrapped, assigned=assignments, updated=updates):
@@ -260,20 +329,31 @@ class Program:
         return {"update_wrapper": update_wrapper, "wraps": wraps}
 
     def _print_class(self):
+        """RestrictedPython makes one collector per function scope; they all write to one capped buffer, so
+        what a function prints is not lost."""
         from RestrictedPython.PrintCollector import PrintCollector
 
         limit = self.max_output
+        shared = self.printed = []
 
         class CappedPrint(PrintCollector):
             size = 0
 
+            def __init__(self, _getattr_=None):
+                super().__init__(_getattr_)
+                self.txt = shared
+
             def write(self, text):
+                text = str.__str__(text) if isinstance(text, str) else str(text)
                 room = limit - CappedPrint.size
                 CappedPrint.size += len(text)
                 if len(text) > room:
-                    super().write(text[: max(room, 0)])
+                    shared.append(text[: max(room, 0)])
                     raise OutputLimit(f"the program printed more than {limit:,} characters")
-                super().write(text)
+                shared.append(text)
+
+            def flush(self):  # print(..., flush=True)
+                pass
 
         return CappedPrint
 
@@ -284,9 +364,10 @@ class Program:
             return self.views[name]
         import sys
 
-        if isinstance(fromlist, list) and name.startswith("numpy.") and name in sys.modules:
-            # numpy's C code importing its own internals (PyImport_Import passes a list; the
-            # import statements of the program pass None or a tuple). The caller gets nothing back.
+        if isinstance(fromlist, list) and name in sys.modules:
+            # C code importing a module already loaded (numpy's internals, `time` for datetime's strftime):
+            # PyImport_Import passes a list, the import statements of the program pass None or a tuple, and
+            # nothing else can call this function. The program gets nothing back.
             return sys.modules[name]
         allowed = ", ".join(sorted(self.views))
         raise ImportError(f"import of {name!r} is not allowed in the sandbox (allowed: {allowed})")
@@ -299,13 +380,30 @@ class Program:
         return issubclass(cls, (np.ndarray, np.generic))
 
     def _guarded_getattr(self, obj, name, *default):
-        from RestrictedPython.Guards import safer_getattr_raise
-
-        if self._numpy_denied(obj, name):
+        if name in NUMPY_DENIED and self._numpy_denied(obj, name):
             raise AttributeError(f"array attribute {name!r} is not available in the sandbox")
-        value = safer_getattr_raise(obj, name, *default)
-        if isinstance(value, types.ModuleType):
+        if type(obj) not in self.plain:
+            why = refusal(obj, self.np)
+            if why is not None:
+                raise AttributeError(why)
+        value = self.safer_getattr(obj, name, *default)
+        if type(value) in self.plain:
+            return value
+        if issubclass(type(value), types.ModuleType):
             raise AttributeError(f"module attribute {name!r} is not available in the sandbox")
+        why = refusal(value, self.np)
+        if why is not None:
+            raise AttributeError(why)
+        return value
+
+    def _guarded_getitem(self, obj, index):
+        # Only the value: whatever a refused container holds is refused on the way out (and pixel loops stay fast).
+        value = obj[index]
+        if type(value) in self.plain:
+            return value
+        why = refusal(value, self.np)
+        if why is not None:
+            raise TypeError(why)
         return value
 
     def _write_guard(self, obj):
@@ -349,11 +447,7 @@ class Program:
         return {"ok": True, "output": self._printed(), "value": value}
 
     def _printed(self) -> str:
-        collector = self.glb.get("_print")
-        try:
-            return collector() if collector is not None else ""
-        except Exception:
-            return ""
+        return "".join(self.printed)
 
 
 def describe(exc: BaseException) -> str:
@@ -368,6 +462,21 @@ def describe(exc: BaseException) -> str:
     except Exception:
         message = "(the message cannot be shown)"
     return f"{f'line {line}: ' if line else ''}{type(exc).__name__}: {message}"
+
+
+def warm_up(code: str, raw: bytes):
+    """Import what the program may use, while files can still be opened; numpy if it may use it (else None).
+    Runs before the memory budget is set: what a fixed set of imports costs is not the program's to spend."""
+    import RestrictedPython  # noqa: F401
+
+    np = None
+    if raw or "np" in code or "numpy" in code:
+        import numpy
+
+        _warm_up_numpy(numpy)
+        np = numpy
+    _warm_up_stdlib(code)
+    return np
 
 
 def _warm_up_stdlib(code: str) -> None:

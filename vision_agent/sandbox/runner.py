@@ -276,11 +276,13 @@ def _frames(data: bytes, secret: str) -> tuple[dict | None, dict | None, int]:
         foreign += at > 0
         try:
             body = json.loads(line[at + len(marker) :])
-        except ValueError:
+        except (ValueError, RecursionError):  # nested 1,000 deep: the decoder's recursion limit
             foreign += 1
             continue
-        if isinstance(body, dict) and body.get("kind") == "result" and result is None:
+        # The last of each kind: the supervisor writes its exit report after the program's process is dead,
+        # and the program's answer comes after anything the program itself could have sent.
+        if isinstance(body, dict) and body.get("kind") == "result":
             result = body
-        elif isinstance(body, dict) and body.get("kind") == "exit" and exit_report is None:
+        elif isinstance(body, dict) and body.get("kind") == "exit":
             exit_report = body
     return result, exit_report, foreign
