@@ -286,28 +286,34 @@ class Agent:
         if cancel.is_set():
             raise Cancelled
         run.steps += 1
-        stream = self.backend.generate(self._request(system, conversation, run.messages, grammar))
+        request = self._request(system, conversation, run.messages, grammar)
+        stream = self.backend.generate(dataclasses.replace(request, cancel=cancel))
         try:
             first = next(stream, None)
         except ContextOverflowError as exc:
             stream.close()
             notice, request = self._fit(system, conversation, run, grammar, exc)
             yield notice
-            stream = self.backend.generate(request)
+            stream = self.backend.generate(dataclasses.replace(request, cancel=cancel))
             first = next(stream, None)
         try:
             for chunk in itertools.chain([first] if first is not None else [], stream):
                 if isinstance(chunk, TextDelta):
-                    yield chunk.text
-                    if cancel.is_set():
-                        raise Cancelled
+                    # After a cancel the backend ends the stream at its next token with Finished("cancelled")
+                    # and the usage so far; text still held back until then is not shown.
+                    if not cancel.is_set():
+                        yield chunk.text
                 elif isinstance(chunk, Finished):
                     run.finishes.append(chunk)
                     run.prompt_tokens = chunk.usage.prompt_tokens
                     run.completion_tokens += chunk.usage.completion_tokens
                     run.images_encoded += chunk.usage.images_encoded
+                    if chunk.reason == "cancelled":
+                        raise Cancelled
         finally:
             stream.close()
+        if cancel.is_set():  # a backend that does not look at request.cancel (replay) ran to its end
+            raise Cancelled
 
     def _fit(
         self, system: str, conversation: Conversation, run: _Run, grammar: str | None, overflow: ContextOverflowError

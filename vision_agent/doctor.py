@@ -33,7 +33,9 @@ def doctor(settings: Settings) -> int:
         else:
             text, mmproj = read_summary(model.text), read_summary(model.mmproj)
             print(safe_line(f"model             {text.path} ({text.architecture}, width {text.embedding_length})"))
-            print(safe_line(f"projector         {mmproj.path} ({mmproj.projector_type}, width {mmproj.projection_dim})"))
+            print(
+                safe_line(f"projector         {mmproj.path} ({mmproj.projector_type}, width {mmproj.projection_dim})")
+            )
             check_pair(text, mmproj)
             print(f"pair              ok; prompt format {model.chat_format} -> {text.template_family}")
     except VisionAgentError as exc:

@@ -171,7 +171,9 @@ def _image(stored: _StoredImage, images: Path, max_pixels: int, cache: dict) -> 
         try:
             with path.open("rb") as handle:
                 data = handle.read(256 * 1024 * 1024 + 1)
-            cache[stored.sha256] = decode_image(data, source=str(path), max_bytes=256 * 1024 * 1024, max_pixels=max_pixels)
+            cache[stored.sha256] = decode_image(
+                data, source=str(path), max_bytes=256 * 1024 * 1024, max_pixels=max_pixels
+            )
         except OSError as exc:
             cache[stored.sha256] = f"image {stored.sha256[:12]} cannot be read ({exc.strerror or exc})"
         except VisionAgentError as exc:

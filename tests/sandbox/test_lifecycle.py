@@ -165,7 +165,11 @@ sys.stdin.readline()
 
 @pytest.mark.parametrize(
     "then",
-    ["time.sleep(60)", "sys.exit(0)", "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); print('ready', flush=True); time.sleep(60)"],
+    [
+        "time.sleep(60)",
+        "sys.exit(0)",
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); print('ready', flush=True); time.sleep(60)",
+    ],
     ids=["app SIGKILLed", "app exits (atexit)", "app SIGTERMed (its handler exits)"],
 )
 def test_nothing_outlives_the_app(then, tmp_path):

@@ -21,7 +21,9 @@ def saved(tmp_path, turns=3):
     conversation = Conversation()
     red = image()
     for n in range(turns):
-        conversation.add_turn([Message.user(f"question {n}", [red] if n == 0 else []), Message.assistant(f"answer {n}")])
+        conversation.add_turn(
+            [Message.user(f"question {n}", [red] if n == 0 else []), Message.assistant(f"answer {n}")]
+        )
     save_last(conversation, tmp_path)
     return json.loads((tmp_path / "last.json").read_text()), red
 

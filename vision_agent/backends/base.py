@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -19,6 +20,8 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF the output must match; backends without grammar support ignore it
     reserve: int = 0  # positions that must stay free after the prompt, or ContextOverflowError
+    # Set by another thread to stop: the stream then ends with Finished("cancelled") and the usage so far.
+    cancel: threading.Event | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class Finished:
-    reason: Literal["stop", "length"]
+    reason: Literal["stop", "length", "cancelled"]  # "stop": end of sequence or a stop string
     usage: Usage
 
 

@@ -117,7 +117,9 @@ class PromptEvaluator:
 
     # -- tokenisation -------------------------------------------------------------------------------
 
-    def tokenize(self, pieces: list[Piece], images: list[ImagePart], guard: GuardedText | None = None) -> TokenizedPrompt:
+    def tokenize(
+        self, pieces: list[Piece], images: list[ImagePart], guard: GuardedText | None = None
+    ) -> TokenizedPrompt:
         """Text pieces through libmtmd (the images go with the markers in them); token spans as they are.
 
         With `guard`, text pieces that hold placeholders are cut at the structure's special tokens and

@@ -24,6 +24,7 @@ _PLACEHOLDER = re.compile(f"{OPEN}(\\d+){CLOSE}")
 @dataclass(frozen=True)
 class VocabFacts:
     specials: tuple[str, ...]  # texts llama.cpp turns into control (or unknown) tokens when parsing specials
+    control_ids: frozenset[int]  # those tokens' ids
     max_token_bytes: int  # an upper bound on the bytes one token stands for
 
 
@@ -33,15 +34,18 @@ def read_vocab(vocab) -> VocabFacts:
 
     wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
     specials = set()
+    ids = set()
     longest = 1
     for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
         text = llama_cpp.llama_vocab_get_text(vocab, token) or b""
         # The stored text is never shorter than the bytes it stands for ("▁" is 3 bytes for a space, "<0x0A>"
         # six for one byte, byte-level BPE one or two per byte), so its length bounds them.
         longest = max(longest, len(text))
-        if llama_cpp.llama_vocab_get_attr(vocab, token) & wanted and text.strip():
-            specials.add(text.decode("utf-8", errors="replace"))
-    return VocabFacts(tuple(sorted(specials, key=lambda s: (-len(s), s))), longest)
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & wanted:
+            ids.add(token)
+            if text.strip():
+                specials.add(text.decode("utf-8", errors="replace"))
+    return VocabFacts(tuple(sorted(specials, key=lambda s: (-len(s), s))), frozenset(ids), longest)
 
 
 def trie_pattern(strings: list[str]) -> str:
@@ -83,7 +87,10 @@ class TextGuard:
             if not any(isinstance(p, TextPart) and self._protected.search(p.text) for p in message.parts):
                 guarded.append(message)
                 continue
-            parts = [TextPart(text=self._protected.sub(swap, p.text)) if isinstance(p, TextPart) else p for p in message.parts]
+            parts = [
+                TextPart(text=self._protected.sub(swap, p.text)) if isinstance(p, TextPart) else p
+                for p in message.parts
+            ]
             guarded.append(Message(role=message.role, parts=parts))
         return guarded, table
 
