@@ -284,18 +284,24 @@ def test_as_a_normal_user_the_wall_uses_a_user_namespace(tmp_path):
     import json
     import tempfile
 
+    import shutil
+
     shared = Path(tempfile.mkdtemp())
     shared.chmod(0o755)
     (shared / "readable.txt").write_text(FILE_SECRET)
     (shared / "readable.txt").chmod(0o644)
-    repo = str(Path(__file__).resolve().parents[2])
+    # A copy of the package the other user can read: the checkout may sit in a directory only root can enter.
+    repo = shared / "repo"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "vision_agent", repo / "vision_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for path in [repo, *repo.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     code = PRELUDE + f"attempt(lambda: print(open('{shared}/readable.txt').read()))"
     try:
-        done = subprocess.run(["/usr/bin/python3", "-c", NOBODY_SCRIPT, repo, code], user=65534, group=65534,
+        done = subprocess.run(["/usr/bin/python3", "-c", NOBODY_SCRIPT, str(repo), code], user=65534, group=65534,
                               extra_groups=[], capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
     finally:
-        (shared / "readable.txt").unlink()
-        shared.rmdir()
+        shutil.rmtree(shared)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["uid"] == 65534
