@@ -20,7 +20,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from vision_agent.config import WebSearchSettings
+from vision_agent.config import WebSearchSettings, read_text_file
 from vision_agent.errors import ToolError
 from vision_agent.tooling import ToolContext
 
@@ -152,13 +152,11 @@ def _ddgs_search(query: str, count: int, settings: WebSearchSettings) -> list[Se
 
 def _file_search(query: str, count: int, settings: WebSearchSettings) -> list[SearchHit]:
     path = Path(settings.provider.removeprefix("file:")).expanduser()
+    # A regular file of bounded size (a FIFO cannot hang the read), then JSON of bounded depth.
+    raw = read_text_file(path, MAX_RESULTS_FILE_BYTES, what="search unavailable: results file", error=ToolError)
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_RESULTS_FILE_BYTES + 1)
-        if len(raw) > MAX_RESULTS_FILE_BYTES:
-            raise ValueError(f"larger than {MAX_RESULTS_FILE_BYTES // 2**20} MB")
         data = json.loads(raw)
-    except (OSError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ToolError(f"search unavailable: results file {path}: {str(exc).splitlines()[0][:200]}") from None
     if isinstance(data, dict):  # {"query": [results]} answers per query, with "*" as the fallback
         data = data.get(query, data.get("*", []))

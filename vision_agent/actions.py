@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from vision_agent.errors import StepFormatError
+from vision_agent.text import valid_values
 
 HEADERS = ("thought", "action", "input", "answer")
 _HEADER_LINE = re.compile(r"^[ \t]*(thought|action|input|answer)[ \t]*:[ \t]?", re.I | re.M)
@@ -78,9 +79,11 @@ def _parse_arguments(raw: str) -> object:
         text = fenced.group(1).strip()
     try:
         value, _ = json.JSONDecoder(strict=False).raw_decode(text)  # the grammar lets raw newlines into strings
+        return valid_values(value)  # a JSON \ud800 escape decodes to a lone surrogate, which nothing can encode
     except json.JSONDecodeError as exc:
         raise StepFormatError(f"the 'Input:' is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    return value
+    except RecursionError:
+        raise StepFormatError("the 'Input:' is nested too deeply") from None
 
 
 class StepStreamer:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from vision_agent.actions import AnswerStep, StepStreamer, ToolStep, parse_step, step_grammar
 from vision_agent.backends.base import Backend, Finished, GenerationRequest, TextDelta
 from vision_agent.config import Settings
-from vision_agent.context_window import plan_trim, visible_messages
+from vision_agent.context_window import fitting_start, plan_trim, visible_messages
 from vision_agent.errors import ContextOverflowError, StepFormatError, ToolError, VisionAgentError
 from vision_agent.events import (
     Answer,
@@ -37,6 +37,7 @@ from vision_agent.events import (
 from vision_agent.messages import Conversation, ImagePart, Message
 from vision_agent.observations import observation, truncate
 from vision_agent.prompts import load_prompt
+from vision_agent.text import valid_text
 from vision_agent.tooling import Tool, ToolContext, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,9 @@ class Agent:
         if cancel.is_set():
             raise Cancelled
         run.steps += 1
+        notice = self._hide_what_cannot_fit(conversation)
+        if notice is not None:
+            yield notice
         request = self._request(system, conversation, run.messages, grammar)
         stream = self.backend.generate(dataclasses.replace(request, cancel=cancel))
         try:
@@ -314,6 +318,23 @@ class Agent:
             stream.close()
         if cancel.is_set():  # a backend that does not look at request.cancel (replay) ran to its end
             raise Cancelled
+
+    def _hide_what_cannot_fit(self, conversation: Conversation) -> Notice | None:
+        """Turns too long for the context even on their own leave the view before anything is rendered: a
+        long saved conversation costs neither a render of all of it nor the template's time cap."""
+        n_ctx = getattr(self.backend, "context_size", None)
+        limit = getattr(self.backend, "max_prompt_bytes", None)
+        if not n_ctx or not limit:
+            return None
+        start = fitting_start(conversation, n_ctx, max(limit // n_ctx, 1))
+        if start <= conversation.hidden_before:
+            return None
+        turns = sum(1 for begin in conversation.turn_boundaries() if conversation.hidden_before <= begin < start)
+        conversation.hidden_before = start
+        conversation.images_hidden_before = max(conversation.images_hidden_before, start)
+        return Notice(
+            message=f"the conversation outgrew the {n_ctx}-token context: the {turns} oldest turn(s) left out of view"
+        )
 
     def _fit(
         self, system: str, conversation: Conversation, run: _Run, grammar: str | None, overflow: ContextOverflowError
@@ -394,7 +415,7 @@ def _run_with_timeout(tool: Tool, arguments: dict, context: ToolContext, timeout
             outcome["ok"] = (True, result if isinstance(result, str) else str(result))
         except ToolError as exc:
             outcome["ok"] = (False, str(exc))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a plugin too: it ends the call, never the app
             log.debug("tool %s failed", tool.name, exc_info=True)
             outcome["ok"] = (False, f"the tool failed: {type(exc).__name__}: {exc}")
 
@@ -412,4 +433,4 @@ def _run_with_timeout(tool: Tool, arguments: dict, context: ToolContext, timeout
     ok, text = outcome["ok"]
     if len(text) > MAX_RESULT_CAPTURE:
         text, _ = truncate(text, MAX_RESULT_CAPTURE)
-    return ok, text
+    return ok, valid_text(text)

@@ -15,10 +15,12 @@ A render that breaks a cap or fails for the conversation at hand is a BackendErr
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import sys
+import threading
 import time
 from datetime import datetime
 from functools import lru_cache
@@ -163,6 +165,7 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 def _guarded(work, seconds: float):
+    _sizes.memo = {}  # printed sizes of the values this render builds (see _check_printed)
     deadline = time.monotonic() + seconds
     baseline = _resident_bytes()
     next_memory_check = 0.0
@@ -184,6 +187,7 @@ def _guarded(work, seconds: float):
         return work()
     finally:
         sys.settrace(previous)
+        _sizes.memo = None
 
 
 def _resident_bytes() -> int:
@@ -198,6 +202,91 @@ def _resident_bytes() -> int:
 
 
 # -- size: checks on every operation that builds a large value in one step --------------------------------
+
+
+# -- printed size: every value a template builds, however it was built ------------------------------------
+#
+# Each operation's own size is checked above, but small steps can share parts: `[[1] * 100000] * 100000` is a
+# list of 10^5 references to one list of 10^5 items, cheap to build and 10^10 items to print. Printing is one
+# C call (str, join, tojson, %) that neither the deadline nor a signal can interrupt. So the result of every
+# operator, call, filter and literal is measured as it would print, shared parts counted each time they appear.
+
+_sizes = threading.local()  # .memo: id -> (printed size, the value, kept alive so that its id stays its own)
+
+
+def _check_printed(value):
+    """`value`, unless printing it would write more than MAX_ITEMS items (characters and elements)."""
+    if type(value) in (str, int, float, bool) or value is None:
+        return value
+    memo = getattr(_sizes, "memo", None)
+    try:
+        size = _printed_size(value, {} if memo is None else memo, MAX_ITEMS)
+    except RecursionError:
+        raise TemplateLimit("a value nested too deeply") from None
+    if size > MAX_ITEMS:
+        raise TemplateLimit(f"a value that prints as more than {MAX_ITEMS:,} items")
+    return value
+
+
+def _printed_size(value, memo: dict, budget: int) -> int:
+    """An upper bound on the items `str(value)` writes (shared parts counted each time); stops past `budget`."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    parts, mutable = _parts(value)
+    if parts is None:
+        return 1
+    key = id(value)
+    if key in memo:
+        return memo[key][0]
+    memo[key] = (1, value)  # while it is walked: a cycle prints as "..."
+    size = 1
+    for part in parts:
+        size += _printed_size(part, memo, budget - size) + 2
+        if size > budget:
+            break
+    if size > budget or mutable:  # a partial count, or a namespace that may still change: not kept
+        del memo[key]
+    else:
+        memo[key] = (size, value)
+    return size
+
+
+def _parts(value) -> tuple[object, bool]:
+    """What `value` prints of (None for an atom), and whether it can change during the render."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return value, False
+    if isinstance(value, dict):
+        return itertools.chain.from_iterable(value.items()), False
+    from jinja2.utils import Namespace
+
+    if isinstance(value, Namespace):
+        return object.__getattribute__(value, "_Namespace__attrs").items(), True
+    return None, False
+
+
+def _capped_namespace():
+    """Jinja's `namespace`, measured after each `{% set ns.attr = … %}` (the one container a template changes)."""
+    from jinja2.utils import Namespace
+
+    class CappedNamespace(Namespace):
+        def __setitem__(self, name, value):
+            super().__setitem__(name, value)
+            _check_printed(self)
+
+    return CappedNamespace
+
+
+def _printed_checked(function):
+    """A filter whose result is measured by _check_printed (pass_context and the like carried over)."""
+    import functools
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        return _check_printed(function(*args, **kwargs))
+
+    return checked
 
 
 def _limit(what: str, size: int) -> None:
@@ -381,15 +470,16 @@ def _environment():
         intercepted_binops = frozenset({"*", "**", "+", "%"})
         concat = staticmethod(_capped_concat)
         capped_concat = staticmethod(lambda *pieces: _capped_concat(pieces))
+        capped_value = staticmethod(_check_printed)
 
         def call_binop(self, context, operator, left, right):
             _check_binop(operator, left, right)
-            return super().call_binop(context, operator, left, right)
+            return _check_printed(super().call_binop(context, operator, left, right))
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (names as Jinja's, for kwargs)
             if type(getattr(__obj, "__self__", None)) is str:
                 args = _check_str_method(__obj, args, kwargs)
-            return super().call(__context, __obj, *args, **kwargs)
+            return _check_printed(super().call(__context, __obj, *args, **kwargs))
 
         def wrap_str_format(self, value):
             """str.format / str.format_map, sandboxed by Jinja; their field widths checked first."""
@@ -410,20 +500,33 @@ def _environment():
         extensions=[IgnoreGenerationTags, jinja2.ext.loopcontrols],
     )
     env.filters.update(_capped_filters())
+    env.filters.update({name: _printed_checked(function) for name, function in env.filters.items()})
+    env.globals["namespace"] = _capped_namespace()
     return env
 
 
 def _capped_ast(env, text: str):
-    """The template's syntax tree with every `~` turned into a call to the capped join."""
+    """The template's syntax tree with every `~` turned into a call to the capped join, and every list, tuple
+    and dict literal measured as it is built (`[a, a, a, …]` shares `a` as `[a] * n` does)."""
     from jinja2 import nodes
     from jinja2.visitor import NodeTransformer
+
+    def call(name: str, node, arguments):
+        return nodes.Call(nodes.EnvironmentAttribute(name), arguments, [], None, None, lineno=node.lineno)
 
     class CapConcat(NodeTransformer):
         def visit_Concat(self, node):
             node = self.generic_visit(node)
-            return nodes.Call(
-                nodes.EnvironmentAttribute("capped_concat"), node.nodes, [], None, None, lineno=node.lineno
-            )
+            return call("capped_concat", node, node.nodes)
+
+        def visit_List(self, node):
+            return call("capped_value", node, [self.generic_visit(node)])
+
+        visit_Dict = visit_List
+
+        def visit_Tuple(self, node):
+            node = self.generic_visit(node)
+            return node if node.ctx != "load" else call("capped_value", node, [node])  # not a target of set/for
 
     return CapConcat().visit(env.parse(text))
 
@@ -457,6 +560,6 @@ def _check_constant_folding(env, tree) -> None:
                     value = node.as_const(eval_ctx)
             except Exception:  # not foldable (Impossible) or failing: Jinja leaves it for run time too
                 return node
-            return nodes.Const(value, lineno=node.lineno)
+            return nodes.Const(_check_printed(value), lineno=node.lineno)
 
     Fold().visit(tree)

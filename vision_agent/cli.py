@@ -6,6 +6,7 @@ Only argparse is imported at start-up; everything heavy is imported by the comma
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 EXIT_CODES_HELP = """exit codes:
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from vision_agent.errors import EXIT_INTERRUPTED, VisionAgentError
     from vision_agent.terminal import safe_line
 
+    _interrupt_on("SIGTERM", "SIGHUP")
     try:
         from vision_agent.config import load_settings
         from vision_agent.logging_setup import configure_logging
@@ -163,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     except VisionAgentError as exc:
         print(f"vision-agent: {safe_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("vision-agent: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, Interrupted):
+            print("vision-agent: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        name, number = exc.args
+        print(f"vision-agent: {_SIGNAL_WORDS[name]}", file=sys.stderr)
+        return 128 + number
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
     except Exception as exc:  # a bug: one line by default, the traceback with -v
@@ -175,6 +181,24 @@ def main(argv: list[str] | None = None) -> int:
         message = safe_line(f"{type(exc).__name__}: {exc}")
         print(f"vision-agent: internal error: {message} (run with -v for details)", file=sys.stderr)
         return 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside a run (`ask` cancels its run itself): the command ends as on Ctrl-C, its
+    clean-up done (children killed, temporary files removed), with the exit code that names the signal."""
+
+
+_SIGNAL_WORDS = {"SIGTERM": "terminated", "SIGHUP": "hang-up"}
+
+
+def _interrupt_on(*names: str) -> None:
+    def handle(number, _frame):
+        raise Interrupted(signal.Signals(number).name, number)
+
+    for name in names:
+        number = getattr(signal, name, None)  # no SIGHUP on Windows
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:  # ignored (nohup) stays ignored
+            signal.signal(number, handle)
 
 
 def _dispatch(args: argparse.Namespace, settings) -> int:

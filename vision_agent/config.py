@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vision_agent.errors import ConfigError
@@ -17,6 +17,7 @@ from vision_agent.errors import ConfigError
 ChatFormat = Literal["auto", "gguf", "vicuna", "mistral", "chatml"]
 CONFIG_FILE_NAME = "vision-agent.toml"
 MIB = 1024 * 1024
+DAY_S = 86_400  # the longest any timeout may be: inf or 1e300 would overflow the clocks they are added to
 
 
 class _Section(BaseModel):
@@ -29,7 +30,7 @@ class ModelSettings(_Section):
     chat_format: ChatFormat = "auto"
     n_ctx: int = Field(4096, ge=64)
     n_batch: int = Field(512, ge=1)
-    n_threads: int | None = Field(None, ge=1)
+    n_threads: int | None = Field(None, ge=1, le=512)  # ggml's GGML_MAX_N_THREADS; more crashes it
     n_gpu_layers: int | None = Field(None, ge=-1, description="None: all layers when the build can offload")
     mmproj_offload: bool = True
     keep_answer_tokens: bool = Field(
@@ -50,6 +51,13 @@ class GenerationSettings(_Section):
     seed: int | None = None
     stop: list[str] = []
 
+    @field_validator("stop")
+    @classmethod
+    def _encodable(cls, stop: list[str]) -> list[str]:
+        from vision_agent.text import valid_text
+
+        return [valid_text(s) for s in stop]  # bytes from argv that are not UTF-8 arrive as lone surrogates
+
 
 class ImageSettings(_Section):
     max_bytes: int = Field(50 * 1024 * 1024, ge=1)
@@ -66,14 +74,21 @@ class AgentSettings(_Section):
     max_thought_chars: int = Field(300, ge=10, description="grammar bound on a step's one-line thought")
     max_argument_chars: int = Field(4000, ge=10, description="grammar bound on each string argument")
 
+    @field_validator("system_prompt")
+    @classmethod
+    def _encodable(cls, text: str | None) -> str | None:
+        from vision_agent.text import valid_text
+
+        return None if text is None else valid_text(text)  # from argv or the environment: maybe not UTF-8
+
 
 ToolPolicy = Literal["auto", "ask", "off"]
 
 
 class PythonToolSettings(_Section):
-    timeout_s: float = Field(10.0, gt=0, description="wall clock; the whole process group is killed")
-    cpu_s: int = Field(5, ge=1)
-    memory_mb: int = Field(1024, ge=64, description="address-space limit (not enforced on macOS)")
+    timeout_s: float = Field(10.0, gt=0, le=DAY_S, description="wall clock; the whole process group is killed")
+    cpu_s: int = Field(5, ge=1, le=DAY_S)
+    memory_mb: int = Field(1024, ge=64, le=1 << 24, description="address-space limit (not enforced on macOS)")
     max_output_chars: int = Field(20_000, ge=100)
 
 
@@ -82,7 +97,7 @@ class WebSearchSettings(_Section):
     max_results: int = Field(5, ge=1, le=25)
     region: str = "wt-wt"
     safesearch: Literal["on", "moderate", "off"] = "moderate"
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, le=DAY_S)
     backend: str = Field("auto", description="ddgs backend(s), e.g. duckduckgo or auto")
 
 
@@ -90,7 +105,7 @@ class ToolsSettings(_Section):
     default_policy: ToolPolicy = "auto"
     policy: dict[str, ToolPolicy] = Field({}, description="per-tool policy, e.g. {python = 'ask'}")
     dirs: list[Path] = Field([], description="extra folders of plugin tools")
-    timeout_s: float = Field(60.0, gt=0, description="any tool call that takes longer is abandoned")
+    timeout_s: float = Field(60.0, gt=0, le=DAY_S, description="any tool call that takes longer is abandoned")
     python: PythonToolSettings = PythonToolSettings()
     web_search: WebSearchSettings = WebSearchSettings()
 

@@ -47,6 +47,28 @@ def visible_messages(conversation: Conversation, view: View | None = None) -> li
     return shown
 
 
+def fitting_start(conversation: Conversation, n_ctx: int, max_token_bytes: int) -> int:
+    """The earliest turn start from which the conversation could still fit `n_ctx` positions.
+
+    A lower bound on what each message needs (one position, its text's bytes over the most bytes a token
+    stands for, one per image), summed from the newest turn back: turns before the returned index cannot
+    be in view whatever the template adds, so a long saved conversation is never rendered whole. It stops
+    after at most about `n_ctx` messages.
+    """
+    messages = conversation.messages
+    starts = sorted({0, *conversation.turn_boundaries()})
+    need = 0
+    fitting = len(messages)
+    for begin, end in reversed(list(zip(starts, [*starts[1:], len(messages)], strict=True))):
+        for message in messages[begin:end]:
+            text = sum(len(p.text.encode("utf-8", errors="replace")) for p in message.parts if isinstance(p, TextPart))
+            need += max(1, text // max_token_bytes) + len(message.images)
+        if need > n_ctx:
+            return fitting
+        fitting = begin
+    return fitting
+
+
 def plan_trim(conversation: Conversation, count: Callable[[View], int], budget: int, target: int) -> Trim | None:
     """The mildest cut whose prompt fits `target` positions, else the mildest that fits `budget`.
 
@@ -78,19 +100,18 @@ def _candidates(conversation: Conversation) -> list[View]:
     now = current_view(conversation)
     end = len(conversation.messages)
     boundaries = [start for start in conversation.turn_boundaries() if start > 0] + [end]
+    # The first message still showing its images: a boundary past it has images to hide (one pass, so that a
+    # conversation of many turns does not cost a scan per turn).
+    first_image = next((i for i in range(now.images_hidden_before, end) if conversation.messages[i].images), end)
     views = []
     for boundary in boundaries:
-        if boundary > now.images_hidden_before and _has_images(conversation, now.images_hidden_before, boundary):
+        if boundary > now.images_hidden_before and boundary > first_image:
             views.append(View(now.hidden_before, boundary))
     images_cut = max(now.images_hidden_before, end if views else now.images_hidden_before)
     for boundary in boundaries:
         if boundary > now.hidden_before:
             views.append(View(boundary, max(images_cut, boundary)))
     return views
-
-
-def _has_images(conversation: Conversation, start: int, end: int) -> bool:
-    return any(m.images for m in conversation.messages[start:end])
 
 
 def _first_fitting(n: int, fits: Callable[[int], bool]) -> int | None:

@@ -43,15 +43,21 @@ class DemoShape:
 
 
 def write_demo_pair(directory: str | Path, shape: DemoShape = DemoShape(), *, seed: int = 0) -> tuple[Path, Path]:
-    """Write the text model and the projector into DIRECTORY; return both paths."""
+    """Write the text model and the projector into DIRECTORY; return both paths. A directory that cannot be
+    written is a ConfigError (exit 2) that says why."""
     import numpy as np
 
+    from vision_agent.errors import ConfigError
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     text_path, mmproj_path = directory / TEXT_FILE, directory / MMPROJ_FILE
-    _write_text_model(text_path, shape, rng)
-    _write_projector(mmproj_path, shape, rng)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_text_model(text_path, shape, rng)
+        _write_projector(mmproj_path, shape, rng)
+    except OSError as exc:
+        raise ConfigError(f"the demo pair cannot be written in {directory}: {exc.strerror or exc}") from None
     return text_path, mmproj_path
 
 

@@ -82,7 +82,16 @@ _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def to_json(event: Event) -> str:
-    return event.model_dump_json()
+    from pydantic_core import PydanticSerializationError
+
+    try:
+        return event.model_dump_json()
+    except PydanticSerializationError:  # a lone surrogate in some text: shown as U+FFFD, the line still written
+        import json
+
+        from vision_agent.text import valid_values
+
+        return json.dumps(valid_values(event.model_dump(mode="json")), ensure_ascii=False, separators=(",", ":"))
 
 
 def from_json(line: str) -> Event:

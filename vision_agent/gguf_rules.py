@@ -116,8 +116,12 @@ def check_text_model(g: GGUFFile, s: GGUFSummary) -> None:
     scaling = g.string(a + "rope.scaling.type", max_bytes=64)
     if scaling is not None and scaling not in _ROPE_SCALING:
         g.fail(f"{a}rope.scaling.type {show(scaling)} is unknown (none, linear, yarn or longrope)")
-    for key in ("rope.freq_base", "rope.scaling.factor", "rope.scale_linear", "attention.layer_norm_rms_epsilon"):
+    for key in ("rope.freq_base", "rope.scaling.factor", "rope.scale_linear"):
         g.number(a + key)
+    for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
+        eps = g.number(a + key)
+        if eps is not None and eps < 0:  # ggml's norm operators assert eps >= 0 (an abort at the first token)
+            g.fail(f"{a}{key} = {eps} is negative")
     if heads[0]:
         head_k = g.integer(a + "attention.key_length", 1, 1 << 16, default=n_embd // heads[0], types=u32)
         head_v = g.integer(a + "attention.value_length", 1, 1 << 16, default=n_embd // heads[0], types=u32)

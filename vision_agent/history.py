@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vision_agent.errors import ConfigError, StoreError, VisionAgentError
-from vision_agent.images import decode_image, encode_png
+from vision_agent.config import ImageSettings
+from vision_agent.errors import ConfigError, ImageTooLargeError, StoreError, VisionAgentError
+from vision_agent.images import decode_image, encode_png, header_pixels, read_image_bytes
 from vision_agent.messages import Conversation, ImagePart, Message, TextPart
 
 FORMAT_VERSION = 1
-MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_FILE_BYTES = 32 * 1024 * 1024  # text only (images are files of their own): millions of tokens
+# Parsed JSON takes up to ~50 times its size in memory when it is made of tiny values ({}, [], 1.5, "ab"):
+# their number is bounded before parsing (commas and openers, an upper bound on the values).
+MAX_JSON_VALUES = 2_000_000
 
 
 def history_dir() -> Path:
@@ -62,18 +67,16 @@ def save_last(conversation: Conversation, directory: Path | None = None) -> Path
     return target
 
 
-def load_last(directory: Path | None = None, *, max_pixels: int = 40_000_000) -> Loaded:
+def load_last(directory: Path | None = None, *, limits: ImageSettings | None = None) -> Loaded:
+    """The last conversation; its images within `limits` (bytes and pixels per image, and the request's total
+    pixel budget for all of them together, the newest kept first)."""
     directory = directory or history_dir()
     path = directory / "last.json"
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError("no previous conversation to continue (-c): ask something without -c first") from None
-    except OSError as exc:
-        raise StoreError(f"the saved conversation {path} cannot be read ({exc.strerror or exc})") from None
+    raw = _read_stored(path)
     if len(raw) > MAX_FILE_BYTES:
         raise StoreError(f"the saved conversation {path} is over {MAX_FILE_BYTES // 2**20} MiB; ask without -c")
+    if raw.count(b",") + raw.count(b"{") + raw.count(b"[") > MAX_JSON_VALUES:
+        raise StoreError(f"the saved conversation {path} holds too many values to load; ask without -c")
     try:
         stored = _Stored.model_validate_json(raw)
     except ValidationError as exc:
@@ -82,7 +85,24 @@ def load_last(directory: Path | None = None, *, max_pixels: int = 40_000_000) ->
         ) from None
     if stored.version != FORMAT_VERSION:
         raise StoreError(f"the saved conversation {path} has an unknown format; ask without -c to start anew")
-    return _rebuild(stored, directory / "images", max_pixels)
+    return _rebuild(stored, directory / "images", limits or ImageSettings())
+
+
+def _read_stored(path: Path) -> bytes:
+    try:
+        # Non-blocking, so that a FIFO in its place cannot hang the open; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError("no previous conversation to continue (-c): ask something without -c first") from None
+    except OSError as exc:
+        raise StoreError(f"the saved conversation {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise StoreError(f"the saved conversation {path} cannot be read (not a regular file)")
+            return handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise StoreError(f"the saved conversation {path} cannot be read ({exc.strerror or exc})") from None
 
 
 # -- the stored shape -----------------------------------------------------------------------------
@@ -119,20 +139,30 @@ class _StoredMessage(_Strict):
     parts: list[dict] = Field(max_length=1000)
 
 
-def _rebuild(stored: _Stored, images: Path, max_pixels: int) -> Loaded:
-    messages: list[Message | None] = []
-    problems: list[str] = []
+@dataclass
+class _Budget:
+    """What the stored images may take together: each distinct image's pixels count once."""
+
+    limits: ImageSettings
+    used: int = 0
+
+
+def _rebuild(stored: _Stored, images: Path, limits: ImageSettings) -> Loaded:
+    messages: list[Message | None] = [None] * len(stored.messages)
+    problems: dict[int, str] = {}
     cache: dict[str, ImagePart | str] = {}
-    for index, raw in enumerate(stored.messages):
+    budget = _Budget(limits)
+    # Newest first: when the stored images exceed the pixel budget, the oldest turns are the ones left out.
+    for index in reversed(range(len(stored.messages))):
         try:
-            messages.append(_message(raw, images, max_pixels, cache))
+            messages[index] = _message(stored.messages[index], images, budget, cache)
         except (ValidationError, ValueError, VisionAgentError) as exc:
-            messages.append(None)
-            problems.append(f"message {index + 1}: {_first_problem(exc)}")
+            problems[index] = f"message {index + 1}: {_first_problem(exc)}"
     starts = _turn_starts(stored.turn_starts, len(messages), messages)
     conversation = Conversation()
     dropped = 0
-    for begin, end in zip(starts, [*starts[1:], len(messages)], strict=True):
+    ends = [*starts[1:], len(messages)] if starts else []  # an empty conversation has no turns
+    for begin, end in zip(starts, ends, strict=True):
         turn = messages[begin:end]
         if not turn or any(m is None for m in turn):
             dropped += 1
@@ -140,7 +170,8 @@ def _rebuild(stored: _Stored, images: Path, max_pixels: int) -> Loaded:
         conversation.add_turn(turn)
     notes = []
     if dropped:
-        notes.append(f"the saved conversation had {dropped} damaged turn(s); they were left out ({problems[0]})")
+        first = problems[min(problems)] if problems else "empty turns"
+        notes.append(f"the saved conversation had {dropped} damaged turn(s); they were left out ({first})")
     if not dropped:
         # The view is only meaningful for the conversation as it was stored.
         hidden = stored.hidden_before
@@ -150,13 +181,13 @@ def _rebuild(stored: _Stored, images: Path, max_pixels: int) -> Loaded:
     return Loaded(conversation, notes)
 
 
-def _message(raw: object, images: Path, max_pixels: int, cache: dict) -> Message:
+def _message(raw: object, images: Path, budget: _Budget, cache: dict) -> Message:
     message = _StoredMessage.model_validate(raw)
     parts = []
     for part in message.parts:
         if part.get("type") == "image":
             image = _StoredImage.model_validate(part)
-            parts.append(_image(image, images, max_pixels, cache))
+            parts.append(_image(image, images, budget, cache))
         else:
             parts.append(TextPart(text=_StoredText.model_validate(part).text))
     if not parts:
@@ -164,18 +195,25 @@ def _message(raw: object, images: Path, max_pixels: int, cache: dict) -> Message
     return Message(role=message.role, parts=parts)
 
 
-def _image(stored: _StoredImage, images: Path, max_pixels: int, cache: dict) -> ImagePart:
-    """The image from its PNG, checked against what the conversation says it is."""
+def _image(stored: _StoredImage, images: Path, budget: _Budget, cache: dict) -> ImagePart:
+    """The image from its PNG, checked against what the conversation says it is, within the budget."""
     if stored.sha256 not in cache:
-        path = images / f"{stored.sha256}.png"
+        limits = budget.limits
+        # Our own PNGs of at most max_kept_pixels take under 4 bytes a pixel, whatever max_bytes says.
+        max_bytes = max(limits.max_bytes, 4 * limits.max_kept_pixels)
         try:
-            with path.open("rb") as handle:
-                data = handle.read(256 * 1024 * 1024 + 1)
+            # A regular file within the byte limit (a FIFO or /dev/zero in its place is refused, not read).
+            data = read_image_bytes(images / f"{stored.sha256}.png", max_bytes=max_bytes)
+            pixels = header_pixels(data, stored.sha256)
+            if budget.used + pixels > limits.max_total_pixels:
+                raise ImageTooLargeError(
+                    f"image {stored.sha256[:12]}: the saved images together exceed the limit of "
+                    f"{limits.max_total_pixels:,} pixels"
+                )
             cache[stored.sha256] = decode_image(
-                data, source=str(path), max_bytes=256 * 1024 * 1024, max_pixels=max_pixels
+                data, source=stored.sha256[:12], max_bytes=max_bytes, max_pixels=limits.max_pixels
             )
-        except OSError as exc:
-            cache[stored.sha256] = f"image {stored.sha256[:12]} cannot be read ({exc.strerror or exc})"
+            budget.used += pixels
         except VisionAgentError as exc:
             cache[stored.sha256] = str(exc)
     found = cache[stored.sha256]

@@ -3,12 +3,15 @@
 A result is untrusted text (search snippets, text read from images, a program's output). Between the
 observation markers it must not be able to close the markers, start a forged turn (`USER:`, `ASSISTANT:`)
 or a forged step (`Observation:`, `Answer:`). Exact-string checks are not enough: case, spaces,
-zero-width characters and full-width or look-alike forms all read the same to a model. So each line is
-compared after NFKC, case-folding and the removal of format characters, spacing and separators.
+zero-width characters, full-width forms, letters of other scripts that look Latin, look-alike colons and
+brackets, HTML entities and combining marks all read the same to a model. So each line is compared after
+NFKC, entity decoding, look-alike folding, case-folding and the removal of format characters, combining
+marks, spacing and separators.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 
@@ -19,31 +22,53 @@ MARKER_REMOVED = "[marker removed]"
 # A forged header line stays, behind this, so the model still reads the data but not as structure.
 QUOTE = "> "
 
-# Look-alikes of "<" and ">" that NFKC leaves alone.
+# Look-alikes that NFKC leaves alone: of "<" and ">" (doubled and tripled ones too), of ":", and the Cyrillic,
+# Greek, Armenian and small-capital letters that read as the Latin letters of our markers and headers.
 _LEFT, _RIGHT = "‹«〈⟨〈❮❬ᐸ˂⋖⟪", "›»〉⟩〉❯❭ᐳ˃⋗⟫"
-_ANGLES = str.maketrans(_LEFT + _RIGHT, "<" * len(_LEFT) + ">" * len(_RIGHT))
+_COLONS = "꞉∶ː˸։׃᛬⁚⠒"
+_CYRILLIC = "АВЕКМНОРСТХУЅІЈԚԜаеорсухѕіјԛԝһԁ", "ABEKMHOPCTXYSIJQWaeopcyxsijqwhd"
+_GREEK = "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧοαινρκυϲϳ", "ABEZHIKMNOPTYXoaivpkucj"
+_OTHER = "օսռհıᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", "ounhiABCDEFGHIJKLMNOPRSTUVWYZ"
+_LOOKALIKES = str.maketrans(
+    {
+        **{c: "<" for c in _LEFT},
+        **{c: ">" for c in _RIGHT},
+        **{c: ":" for c in _COLONS},
+        **dict(zip(_CYRILLIC[0] + _GREEK[0] + _OTHER[0], _CYRILLIC[1] + _GREEK[1] + _OTHER[1], strict=True)),
+        "≪": "<<", "⋘": "<<<", "⪡": "<<", "≫": ">>", "⋙": ">>>", "⪢": ">>",
+    }
+)  # fmt: skip
 # Our markers (<<<TOOL_RESULT … TOOL_RESULT>>>) in skeleton form, with any number of angle brackets.
 _MARKER = re.compile(r"<{2,}toolresult|toolresult>{2,}")
-# Role and step headers that chat formats and our step format put at the start of a line.
+# Role and step headers that chat formats and our step format (and ReAct's) put at the start of a line.
 _HEADERS = (
-    "observation", "thought", "action", "input", "answer", "user", "assistant", "system", "human", "gpt",
-    "model", "tool", "function", "instruction", "response", "###",
+    "observation", "thought", "action", "input", "final answer", "answer", "user", "assistant", "system", "human",
+    "gpt", "model", "tool", "function", "instruction", "response", "###",
 )  # fmt: skip
-_HEADER = re.compile(r"^[#>*\s]*(?:" + "|".join(re.escape(h) for h in _HEADERS) + r")\s*:", re.I)
+# Before a header: markdown emphasis, quotes, list bullets and numbers, which a model reads through.
+_HEADER = re.compile(
+    r"^(?:[#>*_`'\"~+\-\s]|\d+[.)])*(?:" + "|".join(re.escape(h) for h in _HEADERS) + r")[*_`'\"~\s]*:", re.I
+)
 # Turn tags that chat formats also put in the middle of a line (Vicuna's "… ASSISTANT:", Mistral's "[/INST]").
 _INLINE = re.compile(r"\[\s*/?\s*inst\s*\]|\b(?:user|assistant|system|observation)\s*:", re.I)
 
 
+def _folded(text: str) -> str:
+    """NFKC, HTML entities decoded, look-alikes folded, and format characters and combining marks dropped."""
+    folded = unicodedata.normalize("NFKC", html.unescape(text)).translate(_LOOKALIKES)
+    decomposed = unicodedata.normalize("NFD", folded)  # "ŕ" is "r" and a mark to a model reading the line
+    return "".join(ch for ch in decomposed if unicodedata.category(ch) not in ("Cf", "Mn"))
+
+
 def skeleton(text: str) -> str:
-    """`text` as a model would read it: NFKC, case-folded, without format characters, spaces or separators."""
-    folded = unicodedata.normalize("NFKC", text).translate(_ANGLES).casefold()
-    return "".join(ch for ch in folded if ch.isalnum() or ch in "<>#:")
+    """`text` as a model would read it: folded (look-alikes, marks, format characters), case-folded, without
+    spaces or separators."""
+    return "".join(ch for ch in _folded(text).casefold() if ch.isalnum() or ch in "<>#:")
 
 
 def _header_form(line: str) -> str:
-    """The line with format characters dropped and compatibility forms folded, spaces kept (for _HEADER)."""
-    folded = unicodedata.normalize("NFKC", line).translate(_ANGLES)
-    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    """The line folded as in `skeleton`, spaces and case kept (for _HEADER)."""
+    return unicodedata.normalize("NFC", _folded(line))
 
 
 def defang(text: str) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 
-# C0 controls except \t and \n, DEL, C1 controls, and the bidirectional embeddings, overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 controls except \t and \n, DEL, C1 controls, the bidirectional embeddings, overrides and isolates, and
+# lone surrogates (from argv, a file name or a plugin: UTF-8 cannot write them, so printing would fail).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 # The same set in JSON text, where \t and \n are already escaped by the encoder.
 _UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 

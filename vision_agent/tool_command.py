@@ -9,6 +9,7 @@ import sys
 from vision_agent.config import Settings
 from vision_agent.errors import ConfigError, ToolError
 from vision_agent.terminal import safe, safe_line
+from vision_agent.text import valid_text
 
 _SHORT_NAMES = {"calc": "calculator", "search": "web_search", "python": "python"}
 
@@ -33,7 +34,10 @@ def run_tool_command(args: argparse.Namespace, settings: Settings) -> int:
     except ToolError as exc:
         print(f"vision-agent: {name}: {safe_line(str(exc))}", file=sys.stderr)
         return ToolError.exit_code
-    print(safe(result))
+    except (Exception, SystemExit) as exc:  # a plugin that raises (or exits) failed as a tool: exit 12, not 1
+        print(f"vision-agent: {name}: the tool failed: {safe_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+        return ToolError.exit_code
+    print(safe(valid_text(result if isinstance(result, str) else str(result))))
     return 0
 
 
@@ -53,6 +57,8 @@ def _call(args: argparse.Namespace) -> tuple[str, dict]:
         arguments = json.loads(args.arguments)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"tool arguments: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError("tool arguments: invalid JSON (nested too deeply)") from None
     if not isinstance(arguments, dict):
         raise ConfigError("tool arguments: expected a JSON object")
     return _SHORT_NAMES.get(args.name, args.name), arguments

@@ -136,7 +136,7 @@ def load_tools(dirs: list[Path]) -> dict[str, Tool]:
                 continue
             try:
                 found = tools_in_module(_import_file(path))
-            except Exception as exc:  # a broken plugin must not take the app down
+            except (Exception, SystemExit) as exc:  # a broken plugin (even one calling exit()) must not end the app
                 log.warning("tool plugin %s was not loaded: %s: %s", path, type(exc).__name__, exc)
                 continue
             for tool in found:

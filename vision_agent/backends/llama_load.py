@@ -44,7 +44,8 @@ def load_text_model(path: Path, settings: ModelSettings, n_gpu_layers: int, info
             llama = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=settings.n_ctx,
-                n_batch=settings.n_batch,
+                # llama-cpp-python sizes a logits array by n_batch before it caps n_batch at n_ctx.
+                n_batch=min(settings.n_batch, settings.n_ctx),
                 n_threads=settings.n_threads,
                 n_gpu_layers=n_gpu_layers,
                 verbose=True,

@@ -29,6 +29,7 @@ _previous_level = logging.DEBUG
 _installed = False
 _callbacks: list = []  # keeps the ctypes callbacks alive for the process lifetime
 _install_lock = threading.Lock()
+_abort_lock = threading.Lock()  # several compute threads can fail the same assert at once: one report
 
 
 def install() -> None:
@@ -99,6 +100,8 @@ def _install_abort_handler() -> None:
 
     @callback_type
     def on_abort(message):
+        if not _abort_lock.acquire(blocking=False):  # another thread is reporting and leaving: wait for the end
+            threading.Event().wait()
         text = (message or b"").decode("utf-8", errors="replace").strip()
         text = text.rsplit("/llama.cpp/", 1)[-1]  # the build machine's path says nothing to the user
         lines = [line for line in recent_errors if line not in text][-3:]

@@ -44,7 +44,7 @@ def ask(args: argparse.Namespace, settings: Settings) -> int:
     if args.continue_conversation:
         from vision_agent.history import load_last
 
-        loaded = load_last(max_pixels=settings.images.max_pixels)
+        loaded = load_last(limits=settings.images)
         conversation = loaded.conversation
         for problem in loaded.problems:
             print(f"vision-agent: note: {safe_line(problem)}", file=sys.stderr)

@@ -1,0 +1,143 @@
+"""A saved conversation is input: planted or damaged files cannot hang `ask -c`, take gigabytes, fail every
+later `-c`, or end in exit 1 (the real CLI, the real llama.cpp path on the demo pair)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import run_cli
+
+NO_TOOLS = ["--no-tools", "--max-tokens", "2", "--json"]
+
+
+@pytest.fixture
+def history(cli_env, tmp_path):
+    directory = tmp_path / "data" / "vision-agent" / "history"
+    (directory / "images").mkdir(parents=True)
+    return directory
+
+
+def model(demo_pair) -> list[str]:
+    text, mmproj = demo_pair
+    return ["-m", str(text), "--mmproj", str(mmproj)]
+
+
+def ask_c(demo_pair, cli_env, *extra, timeout=120):
+    return run_cli("ask", "-c", *model(demo_pair), *NO_TOOLS, *extra, "and now?", env=cli_env, timeout=timeout)
+
+
+def write(history, messages, **fields):
+    data = {"version": 1, "messages": messages, **fields}
+    (history / "last.json").write_text(json.dumps(data))
+
+
+def turn(text: str, *images: dict) -> list[dict]:
+    return [
+        {"role": "user", "parts": [*images, {"type": "text", "text": text}]},
+        {"role": "assistant", "parts": [{"type": "text", "text": f"answer to {text[:20]}"}]},
+    ]
+
+
+def stored_png(history, side: int, shade: int) -> dict:
+    """A solid PNG of side × side pixels in the image store: a few KB on disk, side² × 3 bytes decoded."""
+    from PIL import Image
+
+    image = Image.new("RGB", (side, side), (shade, 0, 0))
+    digest = hashlib.sha256(f"{side}x{side}:".encode() + image.tobytes()).hexdigest()
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    (history / "images" / f"{digest}.png").write_bytes(buffer.getvalue())
+    return {"type": "image", "sha256": digest, "width": side, "height": side}
+
+
+def done(result) -> dict:
+    lines = result.stdout.decode().splitlines()
+    events = [json.loads(line) for line in lines]  # every line is JSON
+    assert events and events[-1]["type"] == "done", result.stderr
+    return events[-1]
+
+
+def test_a_fifo_in_place_of_the_file_is_refused_not_waited_on(demo_pair, cli_env, history):
+    os.mkfifo(history / "last.json")  # used to block `ask -c` forever in open()
+    result = ask_c(demo_pair, cli_env, timeout=60)
+    assert result.returncode == 14, result.stderr
+    assert b"not a regular file" in result.stderr and result.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev_zero"])
+def test_a_planted_image_file_costs_its_turn_only(demo_pair, cli_env, history, plant):
+    image = stored_png(history, 8, 1)
+    path = history / "images" / f"{image['sha256']}.png"
+    path.unlink()
+    if plant == "fifo":
+        os.mkfifo(path)  # hung in open()
+    else:
+        path.symlink_to("/dev/zero")  # read 256 MB before it was refused
+    write(history, [*turn("with the image", image), *turn("plain text")], turn_starts=[0, 2])
+    result = ask_c(demo_pair, cli_env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert done(result)["status"] == "ok"
+    assert b"1 damaged turn" in result.stderr and b"not a regular file" in result.stderr
+
+
+def test_stored_images_are_bounded_by_the_pixel_budget_newest_kept(demo_pair, cli_env, history):
+    # Four 1500x1500 images (2.25 M pixels each, a few KB each on disk): with a 5 M budget the two newest are
+    # kept and the oldest turns are left out. Unbounded, 1.4 MB of such files took 2.8 GB and 12 s.
+    images = [stored_png(history, 1500, shade) for shade in range(4)]
+    messages = [m for n, image in enumerate(images) for m in turn(f"turn {n}", image)]
+    write(history, messages, turn_starts=[0, 2, 4, 6])
+    env = {**cli_env, "VISION_AGENT_IMAGES__MAX_TOTAL_PIXELS": "5000000"}
+    result = ask_c(demo_pair, env)
+    assert result.returncode == 0, result.stderr
+    assert b"2 damaged turn(s)" in result.stderr and b"exceed the limit of 5,000,000 pixels" in result.stderr
+    saved = json.loads((history / "last.json").read_text())  # what was kept is saved again, with the new turn
+    kept = [m["parts"][-1]["text"] for m in saved["messages"] if m["role"] == "user"]
+    assert kept == ["turn 2", "turn 3", "and now?"]
+
+
+def test_an_empty_conversation_continues(demo_pair, cli_env, history):
+    write(history, [], turn_starts=[0])  # exit 1 (ValueError in zip) before
+    result = ask_c(demo_pair, cli_env)
+    assert result.returncode == 0, result.stderr
+    assert done(result)["status"] == "ok"
+
+
+def test_a_file_of_countless_tiny_values_is_refused_before_parsing(demo_pair, cli_env, history):
+    # 15 MB of {} parse into 5 M dicts (~760 MB); a 238 MB file of tiny parts took 13 GB and 122 s.
+    (history / "last.json").write_text('{"version": 1, "messages": [' + "{}," * 5_000_000 + "{}]}")
+    result = ask_c(demo_pair, cli_env, timeout=60)
+    assert result.returncode == 14, result.stderr
+    assert b"too many values" in result.stderr and result.stderr.count(b"\n") == 1
+
+
+def test_many_saved_turns_continue_in_linear_time(demo_pair, cli_env, history):
+    # 20,000 one-word turns: the cut that brings them into the context was quadratic (25,000 took 244 s).
+    turns = 20_000
+    messages = [m for n in range(turns) for m in turn(f"q{n}")]
+    write(history, messages, turn_starts=list(range(0, 2 * turns, 2)))
+    started = time.monotonic()
+    result = ask_c(demo_pair, cli_env)
+    assert result.returncode == 0, result.stderr
+    assert done(result)["status"] == "ok"
+    assert time.monotonic() - started < 60  # seconds now; minutes before
+
+
+@pytest.mark.parametrize("shape", ["long_texts", "countless_turns"])
+def test_a_conversation_too_long_to_render_leaves_old_turns_out_of_view(demo_pair, cli_env, history, shape):
+    # Rendering all of it broke the template's caps (4 M characters, 1 s): every later `-c` was exit 11.
+    if shape == "long_texts":
+        messages = [m for n in range(3) for m in turn(f"{n} " + "word " * 1_000_000)]
+    else:
+        messages = [m for n in range(49_999) for m in turn("u")]
+    write(history, messages, turn_starts=list(range(0, len(messages), 2)))
+    result = ask_c(demo_pair, cli_env)
+    assert result.returncode == 0, result.stderr
+    assert done(result)["status"] == "ok"
+    notices = [json.loads(line)["message"] for line in result.stdout.splitlines() if b'"notice"' in line]
+    assert any("left out of view" in notice for notice in notices)
