@@ -282,9 +282,8 @@ print(json.dumps({"uid": os.getuid(), "probe": probe.result, "run": run.result, 
 def test_as_a_normal_user_the_wall_uses_a_user_namespace(tmp_path):
     """What an ordinary user gets: run the parent side as uid 65534 with the system interpreter."""
     import json
-    import tempfile
-
     import shutil
+    import tempfile
 
     shared = Path(tempfile.mkdtemp())
     shared.chmod(0o755)
