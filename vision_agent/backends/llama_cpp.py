@@ -71,10 +71,13 @@ class LlamaCppBackend:
             embeddings=ByteBoundedLRU(settings.image_cache_mb * MIB) if embedding_cache is None else embedding_cache,
             snapshots=SnapshotStore(settings.state_cache_mb * MIB),
         )
-        self.template = compile_template(choose_template(model.chat_format, text_info.chat_template))
+        template = choose_template(model.chat_format, text_info.chat_template)
+        self.template = compile_template(template)
         vocab = read_vocab(self.llama._model.vocab)
-        self._guard = TextGuard(vocab.specials, self.media_marker)
-        self._control_ids = vocab.control_ids
+        structural = vocab.structural(template)
+        self._guard = TextGuard(vocab.specials, self.media_marker, unbreakable=tuple(structural))
+        # Tokens an answer must not bring back as structure when its sampled tokens are reused.
+        self._control_ids = vocab.control_ids | frozenset(structural.values())
         self._max_token_bytes = vocab.max_token_bytes
         self.keep_answer_tokens = settings.keep_answer_tokens
         self._answers = AnswerTokens()
