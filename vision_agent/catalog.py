@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vision_agent.config import ModelSettings, read_toml
 from vision_agent.errors import ConfigError, ModelFileError, NoModelError
+from vision_agent.files import exists
 from vision_agent.resources import checkout_root, data_path
 
 
@@ -90,7 +91,7 @@ def resolve_model(settings: ModelSettings, catalog: dict[str, CatalogEntry] | No
 
     if name.startswith("replay:"):
         script = Path(name.removeprefix("replay:")).expanduser()
-        if not _exists(script, "replay script"):
+        if not exists(script, what="replay script", error=ModelFileError):
             raise ModelFileError(f"replay script {script}: no such file")
         return ResolvedModel(replay_script=script)
 
@@ -108,7 +109,7 @@ def resolve_model(settings: ModelSettings, catalog: dict[str, CatalogEntry] | No
         return ResolvedModel(text=text, mmproj=settings.mmproj or mmproj, chat_format=fmt, entry=entry)
 
     text = Path(name).expanduser()
-    if not _exists(text, "model file"):
+    if not exists(text, what="model file", error=ModelFileError):
         if "/" not in name and not name.endswith(".gguf"):
             raise NoModelError(
                 f"unknown model {name!r}: not in the catalog (see `vision-agent models list`) and no such file"
@@ -126,17 +127,3 @@ def find_mmproj_beside(text: Path) -> Path:
         names = ", ".join(p.name for p in candidates)
         raise ConfigError(f"several projectors beside {text.name} ({names}): choose one with --mmproj")
     return candidates[0]
-
-
-def _exists(path: Path, what: str) -> bool:
-    """Whether something is at `path`; a name the system refuses (too long, a loop of symlinks, a file used as a
-    directory, no permission) is a bad model file with the reason, not an internal error."""
-    import os
-
-    try:
-        os.stat(path)
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise ModelFileError(f"{what} {path}: cannot access ({exc.strerror or exc})") from None

@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from vision_agent.errors import ConfigError
+from vision_agent.errors import ConfigError, VisionAgentError
+from vision_agent.files import exists, read_regular
 
 ChatFormat = Literal["auto", "gguf", "vicuna", "mistral", "chatml"]
 CONFIG_FILE_NAME = "vision-agent.toml"
@@ -170,7 +171,7 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
 
     file_values: dict[str, Any] = {}
     path = Path(config_path) if config_path else default_config_path()
-    if config_path or _exists(path):
+    if config_path or exists(path, what="config file", error=ConfigError):
         file_values = read_toml(path)
     complex_keys = _check_env_keys()
     # A subclass per call carries this file's values into the source chain without global state.
@@ -181,17 +182,6 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
         raise ConfigError(_describe(exc, path if file_values else None)) from None
     except (SettingsError, RecursionError) as exc:  # a VISION_AGENT_* value that is not the JSON it needs
         raise ConfigError(_describe_env_json(complex_keys) or f"settings: {exc}") from None
-
-
-def _exists(path: Path) -> bool:
-    """Whether the default config file is there (a symlink loop or an over-long name is an error, not 'absent')."""
-    try:
-        os.stat(path)
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot access ({exc.strerror})") from None
 
 
 def read_toml(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
@@ -210,28 +200,9 @@ def read_toml(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML (nested too deeply)") from None
 
 
-def read_text_file(path: Path, max_bytes: int, *, what: str, error: type[Exception]) -> str:
+def read_text_file(path: Path, max_bytes: int, *, what: str, error: type[VisionAgentError]) -> str:
     """The UTF-8 text of a regular file no larger than `max_bytes`; `error` says what is wrong otherwise."""
-    import stat
-
-    try:
-        # Non-blocking, so that a FIFO with no writer cannot hang the open; fstat then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise error(f"{what} {path}: no such file") from None
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot open ({exc.strerror or exc})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise error(f"{what} {path}: not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
-        raise error(f"{what} {path}: larger than {max_bytes:,} bytes")
+    data = read_regular(path, max_bytes, what=what, error=error)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from vision_agent.errors import ModelFileError
+from vision_agent.files import open_regular
 
 # -- caps (real files stay far below each one) ------------------------------------------------------------
 MAX_KVS = 16_384
@@ -388,17 +388,9 @@ def show(text: str, limit: int = 80) -> str:
 def open_gguf(path: str | Path) -> GGUFFile:
     """Map a GGUF file read-only and parse its structure (nothing is read beyond what is needed)."""
     path = Path(path)
-    try:
-        # Non-blocking so that a FIFO cannot hang the open; fstat then refuses anything but a regular file.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ModelFileError(f"model file {path}: no such file") from None
-    except OSError as exc:
-        raise ModelFileError(f"model file {path}: cannot open ({exc.strerror})") from None
+    fd = open_regular(path, what="model file", error=ModelFileError)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelFileError(f"model file {path}: not a regular file")
         if info.st_size < 24:
             raise ModelFileError(f"model file {path}: not a GGUF file ({info.st_size} bytes)")
         try:

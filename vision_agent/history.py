@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vision_agent.config import ImageSettings
 from vision_agent.errors import ConfigError, ImageTooLargeError, StoreError, VisionAgentError
+from vision_agent.files import read_regular
 from vision_agent.images import decode_image, encode_png, header_pixels, read_image_bytes
 from vision_agent.messages import Conversation, ImagePart, Message, TextPart
 
@@ -73,8 +73,6 @@ def load_last(directory: Path | None = None, *, limits: ImageSettings | None = N
     directory = directory or history_dir()
     path = directory / "last.json"
     raw = _read_stored(path)
-    if len(raw) > MAX_FILE_BYTES:
-        raise StoreError(f"the saved conversation {path} is over {MAX_FILE_BYTES // 2**20} MiB; ask without -c")
     if raw.count(b",") + raw.count(b"{") + raw.count(b"[") > MAX_JSON_VALUES:
         raise StoreError(f"the saved conversation {path} holds too many values to load; ask without -c")
     try:
@@ -89,20 +87,11 @@ def load_last(directory: Path | None = None, *, limits: ImageSettings | None = N
 
 
 def _read_stored(path: Path) -> bytes:
+    missing = ConfigError("no previous conversation to continue (-c): ask something without -c first")
     try:
-        # Non-blocking, so that a FIFO in its place cannot hang the open; fstat then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ConfigError("no previous conversation to continue (-c): ask something without -c first") from None
-    except OSError as exc:
-        raise StoreError(f"the saved conversation {path} cannot be read ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise StoreError(f"the saved conversation {path} cannot be read (not a regular file)")
-            return handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise StoreError(f"the saved conversation {path} cannot be read ({exc.strerror or exc})") from None
+        return read_regular(path, MAX_FILE_BYTES, what="the saved conversation", error=StoreError, missing=missing)
+    except StoreError as exc:
+        raise StoreError(f"{exc}; ask without -c to start anew") from None
 
 
 # -- the stored shape -----------------------------------------------------------------------------

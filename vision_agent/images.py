@@ -11,20 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
-import stat
 import warnings
 from pathlib import Path
 
 from vision_agent.errors import ImageDecodeError, ImageNotFoundError, ImageTooLargeError
+from vision_agent.files import display_name, read_regular
 from vision_agent.messages import ImagePart
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
-
-
-def display_name(path: str | Path) -> str:
-    """A file name as valid text: undecodable bytes (from argv or the file system) become U+FFFD."""
-    return os.fsencode(path).decode("utf-8", errors="replace")
 
 
 def read_image_file(
@@ -37,27 +31,7 @@ def read_image_file(
 
 
 def read_image_bytes(path: str | Path, *, max_bytes: int) -> bytes:
-    path = Path(path)
-    name = display_name(path)
-    try:
-        # Non-blocking, so that a FIFO with no writer cannot hang the open; fstat then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ImageNotFoundError(f"image {name}: not a regular file")
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ImageNotFoundError(f"image {name}: no such file") from None
-    except PermissionError:
-        raise ImageNotFoundError(f"image {name}: permission denied") from None
-    except IsADirectoryError:
-        raise ImageNotFoundError(f"image {name}: is a directory") from None
-    except OSError as exc:  # ELOOP, EIO, ENAMETOOLONG, ENOTDIR, ENXIO (a FIFO with no writer), …
-        raise ImageNotFoundError(f"image {name}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > max_bytes:
-        raise ImageTooLargeError(f"image {name}: its size in bytes exceeds the limit of {max_bytes:,}")
-    return data
+    return read_regular(path, max_bytes, what="image", error=ImageNotFoundError, too_large=ImageTooLargeError)
 
 
 def header_pixels(data: bytes, source: str) -> int:

@@ -125,7 +125,7 @@ def test_no_file_is_a_usage_error(tmp_path):
 
 def test_a_directory_in_place_of_the_file(tmp_path):
     (tmp_path / "last.json").mkdir()
-    with pytest.raises(StoreError, match="cannot be read"):
+    with pytest.raises(StoreError, match="not a regular file"):
         load_last(tmp_path)
 
 
