@@ -7,8 +7,10 @@ file, reads are bounded, and every failure is the caller's own error type with o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from vision_agent.errors import VisionAgentError
@@ -67,3 +69,22 @@ def exists(path: str | Path, *, what: str, error: type[VisionAgentError]) -> boo
 def display_name(path: str | Path) -> str:
     """A file name as valid text: undecodable bytes (from argv or the file system) become U+FFFD."""
     return os.fsencode(path).decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def utf8_path(path: str | Path, *, what: str, error: type[VisionAgentError]) -> Iterator[str]:
+    """`path` as text llama.cpp can take: llama-cpp-python encodes paths as UTF-8, so a name in another
+    encoding is reached through /proc/self/fd (Linux) while the block runs."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):
+            raise error(f"{what} {display_name(path)}: the name is not valid UTF-8; rename it or link to it") from None
+        fd = open_regular(path, what=what, error=error)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield text

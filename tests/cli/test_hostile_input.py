@@ -199,3 +199,19 @@ def test_malformed_environment_values_are_usage_errors(tmp_path, cli_env, value)
     result = run_cli("ask", "-m", script(tmp_path, "Answer: x"), "x", env=env)
     assert result.returncode == 2, result.stderr
     assert b"VISION_AGENT_GENERATION__STOP" in result.stderr.upper() or b"generation" in result.stderr
+
+
+def test_a_model_whose_path_is_not_utf8_still_loads(demo_pair, tmp_path, cli_env):
+    import shutil
+
+    text, mmproj = demo_pair
+    folder = os.fsencode(tmp_path) + b"/mod\xe8les"
+    os.mkdir(folder)
+    shutil.copy(text, folder + b"/demo\xff.gguf")
+    shutil.copy(mmproj, folder + b"/mmproj-demo.gguf")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vision_agent", "ask", "--no-tools", "--max-tokens", "2", "-m",
+         folder + b"/demo\xff.gguf", "hi"],
+        capture_output=True, env=cli_env, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -31,6 +31,7 @@ from vision_agent.errors import (
     ModelMismatchError,
     VisionAgentError,
 )
+from vision_agent.files import utf8_path
 from vision_agent.gguf_info import check_pair, read_summary
 from vision_agent.messages import ImagePart
 
@@ -96,7 +97,8 @@ class LlamaCppBackend:
             else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         point = llama_log.mark()
-        ctx = mtmd_cpp.mtmd_init_from_file(mmproj_path.encode(), self.llama.model, params)
+        with utf8_path(mmproj_path, what="projector", error=ModelFileError) as usable:
+            ctx = mtmd_cpp.mtmd_init_from_file(usable.encode(), self.llama.model, params)
         if not ctx:
             self.llama.close()
             raise ModelMismatchError(

@@ -17,6 +17,7 @@ from pathlib import Path
 from vision_agent.backends import llama_log
 from vision_agent.config import ModelSettings
 from vision_agent.errors import BackendError, ConfigError, ModelFileError
+from vision_agent.files import utf8_path
 from vision_agent.gguf_info import GGUFSummary, kv_cache_bytes
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,13 @@ def load_text_model(path: Path, settings: ModelSettings, n_gpu_layers: int, info
     point = llama_log.mark()
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with (
+            utf8_path(path, what="model file", error=ModelFileError) as usable,
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+        ):
             llama = llama_cpp.Llama(
-                model_path=str(path),
+                model_path=usable,
                 n_ctx=settings.n_ctx,
                 # llama-cpp-python sizes a logits array by n_batch before it caps n_batch at n_ctx.
                 n_batch=min(settings.n_batch, settings.n_ctx),
