@@ -115,3 +115,25 @@ def test_a_megabyte_prompt_is_refused_at_once(demo_pair, cli_env):
     assert result.returncode == 9, result.stderr
     assert b"cannot fit" in result.stderr and len(result.stderr.splitlines()) == 1
     assert time.monotonic() - started < 30  # the refusal itself takes milliseconds; this is start-up
+
+
+def test_a_template_that_leaves_the_images_out_is_an_error_not_a_blind_answer(demo_pair, red_png, tmp_path):
+    from tests.hostile import gguf_craft as gc
+    from vision_agent.errors import BackendError
+
+    text_only = (
+        "{% for message in messages %}{{ message['role'] }}: "
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}{{ message['content'][-1]['text'] }}"
+        "{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    text, mmproj = demo_pair
+    model = gc.rewrite(text, tmp_path / "model.gguf", {"tokenizer.chat_template": gc.s(text_only)})
+    backend = LlamaCppBackend(ResolvedModel(text=model, mmproj=mmproj), ModelSettings(n_ctx=1024))
+    try:
+        red = read_image_file(red_png, **LIMITS)
+        with pytest.raises(BackendError, match="left 1 image"):
+            list(backend.generate(GenerationRequest(messages=[Message.user("what?", [red])], max_tokens=2)))
+        chunks = list(backend.generate(GenerationRequest(messages=[Message.user("no image")], max_tokens=2)))
+        assert isinstance(chunks[-1], Finished)  # and the backend is fine afterwards
+    finally:
+        backend.close()

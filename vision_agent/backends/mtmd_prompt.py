@@ -142,6 +142,11 @@ class PromptEvaluator:
                 else:
                     tokens = list(piece)
                     prompt.add(PromptChunk(None, prompt.n_pos, len(tokens), tokens, None, tokens))
+            if remaining:  # the model would answer blind, as if it saw them
+                raise BackendError(
+                    f"the chat template left {len(remaining)} image(s) out of the prompt; "
+                    "try another --chat-format (vicuna, mistral, chatml)"
+                )
         except BaseException:
             prompt.__exit__(None, None, None)
             raise
