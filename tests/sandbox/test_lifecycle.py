@@ -135,7 +135,7 @@ def test_kill_all_from_another_thread(scratch):
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + 10
-    while len(runner._live) < 2 and time.monotonic() < deadline:
+    while sum(p is not None for p in runner._live.values()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     started = time.monotonic()
@@ -154,7 +154,7 @@ from vision_agent.config import PythonToolSettings
 from vision_agent.sandbox import run_python, runner
 threading.Thread(target=run_python, args=("while True:\\n    pass", PythonToolSettings(timeout_s=60, cpu_s=60)),
                  daemon=True).start()
-while not runner._live:
+while not any(runner._live.values()):
     time.sleep(0.01)
 time.sleep(0.5)
 print("running", flush=True)

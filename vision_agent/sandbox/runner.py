@@ -34,7 +34,8 @@ CAPTURE_LIMIT = 256 * 1024  # bytes kept of the child's stdout and of its stderr
 POLL_S = 0.05  # how often cancel and the deadline are looked at
 STOP_GRACE_S = 0.5  # from SIGTERM to the supervisor to SIGKILL of the group
 
-_live: dict[int, tuple[subprocess.Popen, str]] = {}
+# Every run's temporary directory, with its child once started: what kill_all must end and remove.
+_live: dict[str, subprocess.Popen | None] = {}
 _live_lock = threading.Lock()
 
 
@@ -53,6 +54,8 @@ def run_child(request: dict, payload: bytes, timeout_s: float, cancel: threading
               result_limit: int, executable: str | None = None) -> ChildOutcome:  # fmt: skip
     secret = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="vision-agent-py-")
+    with _live_lock:
+        _live[workdir] = None
     read_fd, write_fd = os.pipe()
     header = json.dumps({**request, "secret": secret, "result_fd": write_fd}).encode() + b"\n"
     proc = None
@@ -69,7 +72,7 @@ def run_child(request: dict, payload: bytes, timeout_s: float, cancel: threading
             start_new_session=True,  # its own process group, killed as a whole
         )
         with _live_lock:
-            _live[proc.pid] = (proc, workdir)
+            _live[workdir] = proc
         os.close(write_fd)
         write_fd = -1
         pipes = _Pipes(proc, read_fd, result_limit)
@@ -83,9 +86,9 @@ def run_child(request: dict, payload: bytes, timeout_s: float, cancel: threading
             pipes.close()
         if proc is not None:
             _end(proc)
-            with _live_lock:
-                _live.pop(proc.pid, None)
         shutil.rmtree(workdir, ignore_errors=True)
+        with _live_lock:  # only now: until the directory is gone, kill_all at exit must still see it
+            _live.pop(workdir, None)
     result, exit_report, foreign = _frames(bytes(pipes.result), secret)
     return ChildOutcome(result, exit_report, proc.returncode, bytes(pipes.stderr), bytes(pipes.stdout), stopped,
                         foreign)  # fmt: skip
@@ -245,18 +248,21 @@ def kill_all() -> None:
     Safe to call from a signal handler or atexit, from any thread, any number of times. The threads that
     started the children see them end and return an error.
     """
-    runs = list(_live.values())
-    for proc, _ in runs:
+    runs = list(_live.items())
+    for _, proc in runs:
+        if proc is None:
+            continue
         try:
             os.kill(proc.pid, signal.SIGTERM)
         except OSError:
             pass
     deadline = time.monotonic() + STOP_GRACE_S
-    for proc, _ in runs:
-        while not _exited(proc) and time.monotonic() < deadline:
+    for _, proc in runs:
+        while proc is not None and not _exited(proc) and time.monotonic() < deadline:
             time.sleep(0.005)
-    for proc, workdir in runs:
-        _kill_group(proc.pid)
+    for workdir, proc in runs:
+        if proc is not None:
+            _kill_group(proc.pid)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
