@@ -91,8 +91,9 @@ def _supervise(pid, request, in_pid_namespace):
         status, cpu = 0, 0.0
     if not in_pid_namespace:
         os_wall.kill_descendants()
-    if os.getppid() != int(sys.argv[1]):
-        _remove_orphaned_workdir()
+    # Always ours to remove: the app may be dying without yet showing as gone (a SIGKILLed app's thread that
+    # started us can exit before its main thread, and getppid() still names the app), and nothing reads it later.
+    _remove_orphaned_workdir()
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     _send(request, {"kind": "exit", "code": code, "signal": sig, "cpu_s": round(cpu, 3)})
