@@ -11,16 +11,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vision_agent.agent import Agent
-from vision_agent.backends.llama_cpp import LlamaCppBackend
+from vision_agent.backends.llama_cpp.backend import LlamaCppBackend
 from vision_agent.catalog import ResolvedModel
+from vision_agent.catalog.demo_model import write_demo_pair
 from vision_agent.config import PythonToolSettings, load_settings
-from vision_agent.demo_model import write_demo_pair
-from vision_agent.images import read_image_file
-from vision_agent.messages import Conversation
-from vision_agent.resources import data_path
-from vision_agent.sandbox import run_python
+from vision_agent.core.agent import Agent
+from vision_agent.core.images import read_image_file
+from vision_agent.core.messages import Conversation
+from vision_agent.paths import data_path
 from vision_agent.tooling import build_registry
+from vision_agent.tooling.sandbox import run_python
 
 
 def sandbox_overhead(image) -> None:

@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 
 from vision_agent.backends.base import Finished, GenerationRequest, TextDelta
-from vision_agent.backends.llama_cpp import LlamaCppBackend
+from vision_agent.backends.llama_cpp.backend import LlamaCppBackend
 from vision_agent.catalog import ResolvedModel
+from vision_agent.catalog.demo_model import _WORDS, DemoShape, write_demo_pair
 from vision_agent.config import ModelSettings
-from vision_agent.demo_model import _WORDS, DemoShape, write_demo_pair
-from vision_agent.logging_setup import configure_logging
-from vision_agent.messages import Message
+from vision_agent.core.messages import Message
+from vision_agent.frontends.logging_setup import configure_logging
 
 SHAPE = DemoShape(
     n_embd=768,

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vision_agent.backends.base import Finished, GenerationRequest, TextDelta
-from vision_agent.backends.llama_cpp import LlamaCppBackend
+from vision_agent.backends.llama_cpp.backend import LlamaCppBackend
 from vision_agent.catalog import ResolvedModel
+from vision_agent.catalog.demo_model import _WORDS, DemoShape, write_demo_pair
 from vision_agent.config import ModelSettings
-from vision_agent.demo_model import _WORDS, DemoShape, write_demo_pair
-from vision_agent.images import decode_image
-from vision_agent.messages import Message
+from vision_agent.core.images import decode_image
+from vision_agent.core.messages import Message
 
 SHAPE = DemoShape(
     n_embd=1024,

@@ -12,8 +12,8 @@ import threading
 import time
 
 from vision_agent.config import PythonToolSettings
-from vision_agent.messages import ImagePart
-from vision_agent.sandbox import layers, os_wall_active, run_python
+from vision_agent.core.messages import ImagePart
+from vision_agent.tooling.sandbox import layers, os_wall_active, run_python
 
 SETTINGS = PythonToolSettings()
 CASES = [

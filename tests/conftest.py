@@ -1,16 +1,15 @@
-"""Shared fixtures: a generated demo GGUF pair (the real llama.cpp path) and images on disk."""
+"""Shared fixtures: a generated demo GGUF pair (the real llama.cpp path), backends built on it and closed
+afterwards, images on disk, and an environment for CLI subprocesses. Plain helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from vision_agent.demo_model import DemoShape, write_demo_pair
+from tests.helpers import png_bytes
+from vision_agent.catalog.demo_model import DemoShape, write_demo_pair
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +23,30 @@ def mismatched_pair(tmp_path_factory) -> tuple[Path, Path]:
     return write_demo_pair(tmp_path_factory.mktemp("mismatch"), DemoShape(projection_dim=32))
 
 
-def png_bytes(size=(64, 48), color=(200, 30, 30), mode="RGB", fmt="PNG", **save) -> bytes:
-    from PIL import Image
+@pytest.fixture(scope="module")
+def make_backend(demo_pair):
+    """Builds LlamaCppBackends and closes every one it built when the module's tests are done.
 
-    buffer = io.BytesIO()
-    Image.new(mode, size, color).save(buffer, format=fmt, **save)
-    return buffer.getvalue()
+    `make_backend(n_ctx=1024)` loads the demo pair; `pair=(text, mmproj)` loads another; `chat_format=` and
+    `embedding_cache=` are passed on; every other keyword is a ModelSettings field. A test that builds many
+    may close them sooner (closing twice is harmless).
+    """
+    from vision_agent.backends.llama_cpp.backend import LlamaCppBackend
+    from vision_agent.catalog import ResolvedModel
+    from vision_agent.config import ModelSettings
+
+    opened = []
+
+    def make(pair=None, *, chat_format: str = "auto", embedding_cache=None, **settings) -> LlamaCppBackend:
+        text, mmproj = pair or demo_pair
+        model = ResolvedModel(text=text, mmproj=mmproj, chat_format=chat_format)
+        backend = LlamaCppBackend(model, ModelSettings(**settings), embedding_cache)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in reversed(opened):
+        backend.close()
 
 
 @pytest.fixture
@@ -53,15 +70,6 @@ def cli_env(tmp_path) -> dict[str, str]:
     env["VISION_AGENT_MODEL__MODELS_DIR"] = str(tmp_path / "models")
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     env["HF_HUB_DISABLE_TELEMETRY"] = "1"
     return env
-
-
-def run_cli(*args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 120):
-    return subprocess.run(
-        [sys.executable, "-m", "vision_agent", *args],
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        env=env,
-        timeout=timeout,
-    )

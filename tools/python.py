@@ -1,14 +1,14 @@
 """python: runs a short program in the sandbox (RestrictedPython, and an OS wall around a fresh child process).
 
-The layers and what each platform gives are described in vision_agent/sandbox/__init__.py; `vision-agent doctor`
-lists them (`vision_agent.sandbox.layers()`).
+The layers and what each platform gives are described in vision_agent/tooling/sandbox/__init__.py; `vision-agent doctor`
+lists them (`vision_agent.tooling.sandbox.layers()`).
 """
 
 from __future__ import annotations
 
 from vision_agent.errors import ToolError
-from vision_agent.sandbox import os_wall_active, run_python
 from vision_agent.tooling import ToolContext
+from vision_agent.tooling.sandbox import os_wall_active, run_python
 
 
 def python(code: str, context: ToolContext) -> str:

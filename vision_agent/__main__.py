@@ -1,3 +1,3 @@
-from vision_agent.cli import main
+from vision_agent.frontends.cli.main import main
 
 raise SystemExit(main())

@@ -42,6 +42,13 @@ class ModelSettings(_Section):
     state_cache_mb: int = Field(
         2048, ge=0, description="saved KV states of other conversations in host memory (LRU); 0: off"
     )
+    embedding_cache_mb: int = Field(
+        1024, ge=0, description="image embeddings kept on disk across processes, by projector and image (LRU); 0: off"
+    )
+    save_state: bool = Field(
+        False, description="save each conversation's KV state to disk, so a new process evaluates only the new turn"
+    )
+    state_dir_mb: int = Field(4096, ge=0, description="bound on the saved KV state files (LRU)")
     models_dir: Path | None = None
 
 
@@ -114,6 +121,10 @@ class ToolsSettings(_Section):
         return self.policy.get(name, self.default_policy)
 
 
+class StoreSettings(_Section):
+    path: Path | None = Field(None, description="the conversation store (default: vision-agent.db in the data dir)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VISION_AGENT_",
@@ -127,6 +138,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     agent: AgentSettings = AgentSettings()
     tools: ToolsSettings = ToolsSettings()
+    store: StoreSettings = StoreSettings()
     verbose: bool = False
 
     @classmethod
@@ -157,9 +169,9 @@ class _FileSource(PydanticBaseSettingsSource):
 
 
 def default_config_path() -> Path:
-    from platformdirs import user_config_dir
+    from vision_agent.paths import config_dir
 
-    return Path(user_config_dir("vision-agent")) / CONFIG_FILE_NAME
+    return config_dir() / CONFIG_FILE_NAME
 
 
 MAX_CONFIG_BYTES = MIB  # real config files are a few hundred bytes

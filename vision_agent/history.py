@@ -20,22 +20,17 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vision_agent.config import ImageSettings
+from vision_agent.core.images import decode_image, encode_png, header_pixels, read_image_bytes
+from vision_agent.core.messages import Conversation, ImagePart, Message, TextPart
 from vision_agent.errors import ConfigError, ImageTooLargeError, StoreError, VisionAgentError
 from vision_agent.files import read_regular
-from vision_agent.images import decode_image, encode_png, header_pixels, read_image_bytes
-from vision_agent.messages import Conversation, ImagePart, Message, TextPart
+from vision_agent.paths import history_dir
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 32 * 1024 * 1024  # text only (images are files of their own): millions of tokens
 # Parsed JSON takes up to ~50 times its size in memory when it is made of tiny values ({}, [], 1.5, "ab"):
 # their number is bounded before parsing (commas and openers, an upper bound on the values).
 MAX_JSON_VALUES = 2_000_000
-
-
-def history_dir() -> Path:
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("vision-agent")) / "history"
 
 
 @dataclass

@@ -8,14 +8,13 @@ import time
 
 import pytest
 
-from tests.conftest import png_bytes
-from vision_agent.agent import Agent
+from tests.helpers import image_part
 from vision_agent.backends.replay import ReplayBackend
 from vision_agent.config import load_settings
-from vision_agent.events import Answer, Done, Notice, Token, ToolCall, ToolResult
-from vision_agent.images import decode_image
-from vision_agent.messages import Conversation
-from vision_agent.resources import data_path
+from vision_agent.core.agent import Agent
+from vision_agent.core.events import Answer, Done, Notice, Token, ToolCall, ToolResult
+from vision_agent.core.messages import Conversation
+from vision_agent.paths import data_path
 from vision_agent.tooling import FunctionTool, ToolRegistry, load_tools
 
 
@@ -54,7 +53,7 @@ def types(events):
 
 
 def image(color=(200, 30, 30), size=(16, 12)):
-    return decode_image(png_bytes(size=size, color=color), source="img.png", max_bytes=10**7, max_pixels=10**7)
+    return image_part(size=size, color=color, source="img.png")
 
 
 def test_tool_success_then_streamed_answer(settings):

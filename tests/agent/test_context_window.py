@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import png_bytes
-from vision_agent.agent import Agent
+from tests.helpers import image_part
 from vision_agent.backends.replay import IMAGE_TOKENS, ReplayBackend
 from vision_agent.config import load_settings
-from vision_agent.context_window import View, plan_trim, visible_messages
-from vision_agent.events import Done, Notice, Token
-from vision_agent.images import decode_image
-from vision_agent.messages import Conversation, ImagePart, Message, TextPart
-from vision_agent.prompts import load_prompt
+from vision_agent.core.agent import Agent
+from vision_agent.core.context_window import View, plan_trim, visible_messages
+from vision_agent.core.events import Done, Notice, Token
+from vision_agent.core.messages import Conversation, ImagePart, Message, TextPart
+from vision_agent.core.prompts import load_prompt
 
 PLACEHOLDER = load_prompt("context/image_dropped.txt").strip()
 
 
 def image(color):
-    return decode_image(png_bytes(size=(8, 8), color=color), source="x.png", max_bytes=10**6, max_pixels=10**6)
+    return image_part(size=(8, 8), color=color, source="x.png", limit=10**6)
 
 
 @pytest.fixture

@@ -8,21 +8,14 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import run_cli
-
-
-def script(tmp_path, *turns: str, name: str = "script.txt"):
-    path = tmp_path / name
-    path.write_text("\n---\n".join(turns))
-    return f"replay:{path}"
-
+from tests.helpers import replay_model, run_cli
 
 CALC_STEP = 'Thought: The bars are 12 and 30; I add them.\nAction: calculator\nInput: {"expression": "12 + 30"}'
 ANSWER = "Thought: I have the total.\nAnswer: The bars add up to 42."
 
 
 def test_ask_shows_tool_calls_on_stderr_then_streams_the_answer(tmp_path, red_png, cli_env):
-    result = run_cli("ask", "-m", script(tmp_path, CALC_STEP, ANSWER), "-a", str(red_png), "Total?", env=cli_env)
+    result = run_cli("ask", "-m", replay_model(tmp_path, CALC_STEP, ANSWER), "-a", str(red_png), "Total?", env=cli_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode() == "The bars add up to 42.\n"
     err = result.stderr.decode()
@@ -33,7 +26,9 @@ def test_ask_shows_tool_calls_on_stderr_then_streams_the_answer(tmp_path, red_pn
 
 
 def test_json_lines_carry_every_event(tmp_path, red_png, cli_env):
-    result = run_cli("ask", "--json", "-m", script(tmp_path, CALC_STEP, ANSWER), "-a", str(red_png), "x", env=cli_env)
+    result = run_cli(
+        "ask", "--json", "-m", replay_model(tmp_path, CALC_STEP, ANSWER), "-a", str(red_png), "x", env=cli_env
+    )
     assert result.returncode == 0
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
     kinds = [e["type"] for e in events if e["type"] != "token"]
@@ -42,11 +37,11 @@ def test_json_lines_carry_every_event(tmp_path, red_png, cli_env):
 
 
 def test_continue_the_last_conversation_about_its_image(tmp_path, red_png, cli_env):
-    first = run_cli("ask", "-m", script(tmp_path, "Thought: red\nAnswer: A red square.", name="a.txt"),
+    first = run_cli("ask", "-m", replay_model(tmp_path, "Thought: red\nAnswer: A red square.", name="a.txt"),
                     "-a", str(red_png), "What is it?", env=cli_env)  # fmt: skip
     assert first.returncode == 0, first.stderr
     step = 'Thought: check a pixel\nAction: python\nInput: {"code": "image[0, 0].tolist()"}'
-    replay = script(tmp_path, step, "Thought: ok\nAnswer: 200, 30, 30", name="b.txt")
+    replay = replay_model(tmp_path, step, "Thought: ok\nAnswer: 200, 30, 30", name="b.txt")
     follow = run_cli("ask", "-c", "--json", "-m", replay, "And its exact colour?", env=cli_env)
     assert follow.returncode == 0, follow.stderr
     events = [json.loads(line) for line in follow.stdout.decode().splitlines()]
@@ -57,27 +52,27 @@ def test_continue_the_last_conversation_about_its_image(tmp_path, red_png, cli_e
 
 
 def test_continue_without_history_is_a_clear_error(tmp_path, cli_env):
-    result = run_cli("ask", "-c", "-m", script(tmp_path, ANSWER), "x", env=cli_env)
+    result = run_cli("ask", "-c", "-m", replay_model(tmp_path, ANSWER), "x", env=cli_env)
     assert result.returncode == 2
     assert b"no previous conversation to continue" in result.stderr and result.stdout == b""
 
 
 def test_step_cap_from_the_command_line(tmp_path, cli_env):
-    result = run_cli("ask", "--max-steps", "1", "-m", script(tmp_path, CALC_STEP, ANSWER), "x", env=cli_env)
+    result = run_cli("ask", "--max-steps", "1", "-m", replay_model(tmp_path, CALC_STEP, ANSWER), "x", env=cli_env)
     assert result.returncode == 0
     assert result.stdout.decode() == "The bars add up to 42.\n"
     assert b"step limit was reached after 1 steps" in result.stderr
 
 
 def test_ask_policy_without_a_terminal_refuses(tmp_path, cli_env):
-    result = run_cli("ask", "--tool-policy", "calculator=ask", "-m", script(tmp_path, CALC_STEP, ANSWER), "x",
+    result = run_cli("ask", "--tool-policy", "calculator=ask", "-m", replay_model(tmp_path, CALC_STEP, ANSWER), "x",
                      env=cli_env)  # fmt: skip
     assert result.returncode == 0
     assert b"nobody is available to approve it" in result.stderr
 
 
 def test_malformed_steps_exit_13(tmp_path, cli_env):
-    result = run_cli("ask", "-m", script(tmp_path, "prose", "prose", "prose"), "x", env=cli_env)
+    result = run_cli("ask", "-m", replay_model(tmp_path, "prose", "prose", "prose"), "x", env=cli_env)
     assert result.returncode == 13
     assert b"did not follow the step format" in result.stderr and result.stdout == b""
 
@@ -86,7 +81,7 @@ def test_ctrl_c_cancels_a_running_tool_and_exits_130(tmp_path, cli_env):
     spin = 'Thought: spin\nAction: python\nInput: {"code": "while True:\\n    pass"}'
     env = {**cli_env, "VISION_AGENT_TOOLS__PYTHON__TIMEOUT_S": "60", "VISION_AGENT_TOOLS__PYTHON__CPU_S": "60"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vision_agent", "ask", "-m", script(tmp_path, spin, ANSWER), "spin"],
+        [sys.executable, "-m", "vision_agent", "ask", "-m", replay_model(tmp_path, spin, ANSWER), "spin"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -154,6 +149,8 @@ def test_plugin_tool_in_the_user_tools_folder(tmp_path, cli_env):
     assert b"inches_to_cm   auto  Convert inches to centimetres." in listed.stdout
     assert run_cli("tool", "run", "inches_to_cm", '{"inches": 10}', env=cli_env).stdout == b"25.4\n"
     step = 'Thought: convert\nAction: inches_to_cm\nInput: {"inches": 2}'
-    agent = run_cli("ask", "--json", "--tools", "inches_to_cm", "-m", script(tmp_path, step, ANSWER), "x", env=cli_env)
+    agent = run_cli(
+        "ask", "--json", "--tools", "inches_to_cm", "-m", replay_model(tmp_path, step, ANSWER), "x", env=cli_env
+    )
     result = next(json.loads(line) for line in agent.stdout.decode().splitlines() if '"tool_result"' in line)
     assert result["ok"] and result["output"] == "5.08"

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import png_bytes, run_cli
-from tests.integration.test_llama_backend import data_url, mtmd_handler_answer
-from vision_agent.images import read_image_file
-
-
-def events_of(result) -> list[dict]:
-    lines = result.stdout.decode().splitlines()
-    return [json.loads(line) for line in lines]  # every stdout line must be JSON
+from tests.helpers import data_url, json_events, mtmd_handler_answer, png_bytes, run_cli
+from vision_agent.core.images import read_image_file
 
 
 def test_ask_streams_answer_to_stdout_and_nothing_else(demo_pair, red_png, cli_env):
@@ -80,7 +72,7 @@ def test_json_event_stream(demo_pair, red_png, blue_png, cli_env):
         env=cli_env,
     )
     assert result.returncode == 0, result.stderr
-    events = events_of(result)
+    events = json_events(result)
     types = [e["type"] for e in events]
     assert types[0] == "run_started" and types[-2:] == ["answer", "done"]
     assert set(types[1:-2]) <= {"token"}
@@ -117,7 +109,7 @@ def test_plain_turn_equals_mtmd_chat_handler(demo_pair, red_png, cli_env):
         env=cli_env,
     )
     assert result.returncode == 0, result.stderr
-    answer = [e for e in events_of(result) if e["type"] == "answer"][0]["text"]
+    answer = [e for e in json_events(result) if e["type"] == "answer"][0]["text"]
     assert answer == theirs
 
 
@@ -126,10 +118,10 @@ def test_image_from_stdin_and_prompt_from_stdin(demo_pair, red_png, cli_env):
     model = ["-m", str(text), "--mmproj", str(mmproj), "--json", "--no-tools", "--max-tokens", "4"]
     from_stdin = run_cli("ask", *model, "-a", "-", "Describe.", env=cli_env, stdin=red_png.read_bytes())
     assert from_stdin.returncode == 0, from_stdin.stderr
-    assert events_of(from_stdin)[0]["images"][0]["source"] == "<stdin>"
+    assert json_events(from_stdin)[0]["images"][0]["source"] == "<stdin>"
     prompt_stdin = run_cli("ask", *model, "-a", str(red_png), env=cli_env, stdin=b"What is this?\n")
     assert prompt_stdin.returncode == 0
-    assert events_of(prompt_stdin)[0]["prompt"] == "What is this?"
+    assert json_events(prompt_stdin)[0]["prompt"] == "What is this?"
 
 
 def test_demo_catalog_model_is_generated_on_first_use(cli_env):

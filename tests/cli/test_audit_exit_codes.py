@@ -3,7 +3,6 @@ crash or a plugin's own exit code, each through the real CLI."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import json_events, replay_model, run_cli
 
 
 def one_line(result, code: int, *needles: bytes) -> None:
@@ -22,16 +21,6 @@ def one_line(result, code: int, *needles: bytes) -> None:
     assert b"internal error" not in result.stderr and b"Traceback" not in result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
-
-
-def json_events(result) -> list[dict]:
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def replay(tmp_path, *turns: str) -> str:
-    path = tmp_path / "script.json"
-    path.write_text(json.dumps(list(turns)))
-    return f"replay:{path}"
 
 
 # -- settings that reached llama.cpp or the clock unchecked ----------------------------------------------
@@ -94,7 +83,7 @@ def test_a_surrogate_escape_in_the_models_json_keeps_every_line_json(cli_env, tm
     # `Input: {"expression": "1+\ud800"}` decoded to a lone surrogate: the tool_call line could not be written
     # and the run ended in exit 1.
     call = 'Thought: t\nAction: calculator\nInput: {"expression": "1+\\ud800", "\\udcff": 1}'
-    result = run_cli("ask", "--json", "-m", replay(tmp_path, call, "Thought: t\nAnswer: ok"), "go", env=cli_env)
+    result = run_cli("ask", "--json", "-m", replay_model(tmp_path, call, "Thought: t\nAnswer: ok"), "go", env=cli_env)
     assert result.returncode == 0, result.stderr
     events = json_events(result)
     assert [e["type"] for e in events if e["type"] in ("tool_call", "tool_result", "done")] == [
@@ -105,7 +94,7 @@ def test_a_surrogate_escape_in_the_models_json_keeps_every_line_json(cli_env, tm
 
 def test_deeply_nested_tool_input_from_the_model_is_a_format_error(cli_env, tmp_path):
     call = "Thought: t\nAction: calculator\nInput: " + "[" * 5000 + "]" * 5000  # was RecursionError: exit 1
-    result = run_cli("ask", "--json", "-m", replay(tmp_path, call, call, call), "go", env=cli_env)
+    result = run_cli("ask", "--json", "-m", replay_model(tmp_path, call, call, call), "go", env=cli_env)
     assert result.returncode == 13, result.stderr
     assert "nested too deeply" in json_events(result)[-1]["error"]["message"]
 
@@ -168,7 +157,7 @@ def test_a_plugin_that_raises_or_exits_is_a_tool_error(plugins, tool, arguments)
 
 def test_a_plugin_that_exits_inside_ask_is_an_observation(plugins, tmp_path):
     call = 'Thought: t\nAction: leave\nInput: {"code": 3}'
-    result = run_cli("ask", "--json", "-m", replay(tmp_path, call, "Thought: t\nAnswer: ok"), "go", env=plugins)
+    result = run_cli("ask", "--json", "-m", replay_model(tmp_path, call, "Thought: t\nAnswer: ok"), "go", env=plugins)
     assert result.returncode == 0, result.stderr  # exit 1 before (KeyError in the tool runner)
     events = json_events(result)
     outcome = next(e for e in events if e["type"] == "tool_result")
@@ -179,7 +168,7 @@ def test_a_plugin_that_exits_inside_ask_is_an_observation(plugins, tmp_path):
 def test_a_plugins_lone_surrogates_reach_neither_stdout_nor_the_prompt_as_such(plugins, tmp_path):
     assert run_cli("tool", "run", "odd_text", '{"n": 1}', env=plugins).returncode == 0  # exit 1 before
     call = 'Thought: t\nAction: odd_text\nInput: {"n": 1}'
-    result = run_cli("ask", "--json", "-m", replay(tmp_path, call, "Thought: t\nAnswer: ok"), "go", env=plugins)
+    result = run_cli("ask", "--json", "-m", replay_model(tmp_path, call, "Thought: t\nAnswer: ok"), "go", env=plugins)
     assert result.returncode == 0, result.stderr
     outcome = next(e for e in json_events(result) if e["type"] == "tool_result")
     assert outcome["output"] == "name \ufffd\ufffd and more"

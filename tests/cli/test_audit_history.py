@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 NO_TOOLS = ["--no-tools", "--max-tokens", "2", "--json"]
 

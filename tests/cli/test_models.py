@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cli.fake_hub import FakeHub
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 LLAVA_REPO = "mys/ggml_llava-v1.5-7b"
 SMOL_REPO = "ggml-org/SmolVLM-500M-Instruct-GGUF"

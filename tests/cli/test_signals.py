@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import replay_model
+
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 SPIN = 'Thought: spin\nAction: python\nInput: {"code": "while True:\\n    pass"}'
@@ -79,16 +81,10 @@ def env(cli_env, tmp_path):
     return {**cli_env, "TMPDIR": str(scratch), "VA_TEST_MARKER": tmp_path.name}
 
 
-def script(tmp_path, *turns):
-    path = tmp_path / "script.json"
-    path.write_text(json.dumps(list(turns)))
-    return f"replay:{path}"
-
-
 @pytest.mark.parametrize("number", SIGNALS, ids=lambda n: signal.Signals(n).name)
 def test_a_signal_during_a_python_tool_run(tmp_path, env, number):
     slow = {**env, "VISION_AGENT_TOOLS__PYTHON__TIMEOUT_S": "60", "VISION_AGENT_TOOLS__PYTHON__CPU_S": "60"}
-    proc = start(["ask", "--json", "-m", script(tmp_path, SPIN, "Thought: t\nAnswer: a"), "spin"], slow)
+    proc = start(["ask", "--json", "-m", replay_model(tmp_path, SPIN, "Thought: t\nAnswer: a"), "spin"], slow)
     read_until(proc, "tool_call")
     time.sleep(0.5)  # the child is running the loop
     elapsed, events, err = stop(proc, number)
@@ -118,7 +114,7 @@ def test_a_signal_during_generation(demo_pair, tmp_path, env, number):
 
 def test_a_second_signal_quits_at_once(tmp_path, env):
     slow = {**env, "VISION_AGENT_TOOLS__PYTHON__TIMEOUT_S": "60", "VISION_AGENT_TOOLS__PYTHON__CPU_S": "60"}
-    proc = start(["ask", "--json", "-m", script(tmp_path, SPIN, "Thought: t\nAnswer: a"), "spin"], slow)
+    proc = start(["ask", "--json", "-m", replay_model(tmp_path, SPIN, "Thought: t\nAnswer: a"), "spin"], slow)
     read_until(proc, "tool_call")
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
@@ -131,7 +127,7 @@ def test_a_second_signal_quits_at_once(tmp_path, env):
 def test_a_tool_timeout_shorter_than_the_sandbox_leaves_nothing_running(tmp_path, env):
     short = {**env, "VISION_AGENT_TOOLS__TIMEOUT_S": "1", "VISION_AGENT_TOOLS__PYTHON__TIMEOUT_S": "60",
              "VISION_AGENT_TOOLS__PYTHON__CPU_S": "60"}  # fmt: skip
-    proc = start(["ask", "--json", "-m", script(tmp_path, SPIN, "Thought: t\nAnswer: gave up"), "spin"], short)
+    proc = start(["ask", "--json", "-m", replay_model(tmp_path, SPIN, "Thought: t\nAnswer: gave up"), "spin"], short)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]

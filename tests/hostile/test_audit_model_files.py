@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.hostile import gguf_craft as gc
-from tests.hostile.conftest import assert_refused, run_bounded
+from tests.hostile.bounded import assert_refused, run_bounded
 
 
 @pytest.mark.parametrize("key", ["llama.attention.layer_norm_rms_epsilon", "llama.attention.layer_norm_epsilon"])

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from tests.hostile import gguf_craft as gc
-from tests.hostile.conftest import assert_refused, run_bounded
-from vision_agent.chat_format import render_prompt
+from tests.hostile.bounded import assert_refused, run_bounded
+from vision_agent.backends.llama_cpp.chat_format import render_prompt
+from vision_agent.core.messages import Message
 from vision_agent.errors import BackendError
-from vision_agent.messages import Message
 
 # Sizes from the conversation (one message), so that nothing can be folded while compiling: see FOLDED.
 N = "{% set n = (messages|length) * 100000 %}"

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from tests.hostile import gguf_craft as gc
-from tests.hostile.conftest import assert_refused, run_bounded
+from tests.hostile.bounded import assert_refused, run_bounded
 
 # -- config (finding: `--config /dev/zero` read 5 GB and hung) ---------------------------------------------
 

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from tests.hostile import gguf_craft as gc
-from tests.hostile.conftest import assert_refused, run_bounded
+from tests.hostile.bounded import assert_refused, run_bounded
+from vision_agent.catalog.gguf_info import read_summary
 from vision_agent.errors import ModelFileError
-from vision_agent.gguf_info import read_summary
 
 TEXT, MMPROJ = "text", "mmproj"
 

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from tests.hostile import gguf_craft as gc
-from tests.hostile.conftest import assert_refused, run_bounded
-from vision_agent.chat_format import compile_template, render_prompt
+from tests.hostile.bounded import assert_refused, run_bounded
+from vision_agent.backends.llama_cpp.chat_format import compile_template, render_prompt
+from vision_agent.core.messages import Message
 from vision_agent.errors import BackendError, ModelFileError
-from vision_agent.messages import Message
 
 MESSAGES = [
     Message.system("Be brief."),
@@ -117,7 +117,7 @@ ORDINARY = [
 def test_ordinary_templates_render_as_llama_cpp_python_does(template):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from vision_agent.chat_format import template_messages
+    from vision_agent.backends.llama_cpp.chat_format import template_messages
 
     reference = Jinja2ChatFormatter(template=template, eos_token="</s>", bos_token="<s>")._environment.render(
         messages=template_messages(MESSAGES, "<__media__>"),

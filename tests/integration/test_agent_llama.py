@@ -6,26 +6,20 @@ import json
 
 import pytest
 
-from vision_agent.actions import parse_step
-from vision_agent.agent import Agent
 from vision_agent.backends.base import GenerationRequest
-from vision_agent.backends.llama_cpp import LlamaCppBackend
-from vision_agent.catalog import ResolvedModel
 from vision_agent.config import load_settings
-from vision_agent.events import Done, Notice, ToolCall
-from vision_agent.images import read_image_file
-from vision_agent.messages import Conversation, Message
-from vision_agent.resources import data_path
+from vision_agent.core.agent import Agent
+from vision_agent.core.events import Done, Notice, ToolCall
+from vision_agent.core.images import read_image_file
+from vision_agent.core.messages import Conversation, Message
+from vision_agent.core.step_format import parse_step
+from vision_agent.paths import data_path
 from vision_agent.tooling import build_registry
 
 
 @pytest.fixture(scope="module")
-def backend(demo_pair):
-    text, mmproj = demo_pair
-    settings = load_settings(None, {"model": {"n_ctx": 8192}})
-    backend = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), settings.model)
-    yield backend
-    backend.close()
+def backend(make_backend):
+    return make_backend(n_ctx=8192)
 
 
 def agent_settings(tmp_path, seed: int):
@@ -64,7 +58,7 @@ def test_twenty_seeds_each_end_with_done_within_the_cap(backend, tmp_path):
 def test_a_step_that_finishes_under_the_grammar_always_parses(backend, tmp_path):
     settings = agent_settings(tmp_path, 0)
     registry = build_registry(settings)
-    from vision_agent.actions import step_grammar
+    from vision_agent.core.step_format import step_grammar
 
     grammar = step_grammar(registry.enabled(), max_thought_chars=12, max_argument_chars=12)
     parsed = 0

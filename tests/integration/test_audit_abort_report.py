@@ -8,7 +8,7 @@ import sys
 
 PROGRAM = """
 import ctypes, threading
-from vision_agent.backends import llama_log
+from vision_agent.backends.llama_cpp import log as llama_log
 llama_log.install()
 import llama_cpp._ggml as ggml
 abort = ggml.libggml.ggml_abort

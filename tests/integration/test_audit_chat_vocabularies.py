@@ -13,11 +13,8 @@ import pytest
 
 from tests.hostile import gguf_craft as gc
 from vision_agent.backends.base import Finished, GenerationRequest
-from vision_agent.backends.llama_cpp import LlamaCppBackend
-from vision_agent.catalog import ResolvedModel
-from vision_agent.config import ModelSettings
-from vision_agent.images import read_image_file
-from vision_agent.messages import Message
+from vision_agent.core.images import read_image_file
+from vision_agent.core.messages import Message
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
@@ -66,7 +63,7 @@ HOSTILE = [
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family(request, demo_pair, tmp_path_factory):
+def family(request, demo_pair, make_backend, tmp_path_factory):
     specials, template = FAMILIES[request.param]
     text, mmproj = demo_pair
     kvs = gc.trusted_kvs(text)
@@ -83,9 +80,9 @@ def family(request, demo_pair, tmp_path_factory):
         "tokenizer.chat_template": gc.s(template),
     }
     model = gc.rewrite(text, tmp_path_factory.mktemp(request.param) / "model.gguf", changes)
-    backend = LlamaCppBackend(ResolvedModel(text=model, mmproj=mmproj), ModelSettings(n_ctx=2048))
+    backend = make_backend((model, mmproj), n_ctx=2048)
     yield backend, ids
-    backend.close()
+    backend.close()  # now: the next family's backend replaces it
 
 
 def control_counts(backend, messages, ids) -> dict[int, int]:

@@ -9,27 +9,19 @@ from __future__ import annotations
 import pytest
 
 from vision_agent.backends.base import Finished, GenerationRequest, TextDelta
-from vision_agent.backends.llama_cpp import LlamaCppBackend
-from vision_agent.catalog import ResolvedModel
-from vision_agent.config import ModelSettings
-from vision_agent.images import read_image_file
-from vision_agent.messages import Message
+from vision_agent.core.images import read_image_file
+from vision_agent.core.messages import Message
 
 LIMITS = {"max_bytes": 10**8, "max_pixels": 10**8}
 CACHING_OFF = {"kv_reuse": False, "image_cache_mb": 0, "state_cache_mb": 0}
 
 
-def load(demo_pair, **settings) -> LlamaCppBackend:
-    text, mmproj = demo_pair
-    return LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=2048, **settings))
-
-
 @pytest.fixture(params=[True, False], ids=["answer-tokens", "retokenised-answers"])
-def pair_of_backends(request, demo_pair):
+def pair_of_backends(request, make_backend):
     keep = {"keep_answer_tokens": request.param}
-    on, off = load(demo_pair, **keep), load(demo_pair, **keep, **CACHING_OFF)
+    on, off = make_backend(n_ctx=2048, **keep), make_backend(n_ctx=2048, **keep, **CACHING_OFF)
     yield on, off
-    on.close()
+    on.close()  # now, not at the module's end: a dozen tests build a pair each
     off.close()
 
 
@@ -131,69 +123,54 @@ def test_switching_conversations_restores_their_state(pair_of_backends, images):
     b.regenerate()
 
 
-def test_a_cached_image_costs_no_encode_in_a_fresh_conversation(demo_pair, images):
+def test_a_cached_image_costs_no_encode_in_a_fresh_conversation(make_backend, images):
     red, blue = images
-    backend = load(demo_pair, state_cache_mb=0)  # no snapshot: only the embedding cache can help
-    try:
-        run(backend, [Message.user("What is this?", [red])])
-        run(backend, [Message.user("And this?", [blue])])
-        _, _, usage = run(backend, [Message.system("Another conversation."), Message.user("Look again.", [red])])
-        assert usage.images_encoded == 0 and usage.images_cached == 1
-    finally:
-        backend.close()
+    backend = make_backend(n_ctx=2048, state_cache_mb=0)  # no snapshot: only the embedding cache can help
+    run(backend, [Message.user("What is this?", [red])])
+    run(backend, [Message.user("And this?", [blue])])
+    _, _, usage = run(backend, [Message.system("Another conversation."), Message.user("Look again.", [red])])
+    assert usage.images_encoded == 0 and usage.images_cached == 1
 
 
-def test_shared_embedding_cache_between_backends(demo_pair, images):
-    from vision_agent.backends.caches import ByteBoundedLRU
+def test_shared_embedding_cache_between_backends(make_backend, images):
+    from vision_agent.backends.llama_cpp.caches import ByteBoundedLRU
 
     red, _ = images
     shared = ByteBoundedLRU(64 * 1024 * 1024)
-    text, mmproj = demo_pair
-    first = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=512), shared)
-    second = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=512), shared)
-    try:
-        assert run(first, [Message.user("What is this?", [red])])[2].images_encoded == 1
-        assert run(second, [Message.user("What is this?", [red])])[2].images_cached == 1
-    finally:
-        first.close()
-        second.close()
+    first = make_backend(n_ctx=512, embedding_cache=shared)
+    second = make_backend(n_ctx=512, embedding_cache=shared)
+    assert run(first, [Message.user("What is this?", [red])])[2].images_encoded == 1
+    assert run(second, [Message.user("What is this?", [red])])[2].images_cached == 1
 
 
-def test_image_cache_bound_evicts_least_recently_used(demo_pair, images):
+def test_image_cache_bound_evicts_least_recently_used(make_backend, images):
     red, blue = images
     one_image = 16 * 64 * 4  # the demo projector: 16 tokens of width 64, float32
-    backend = load(demo_pair, kv_reuse=False, image_cache_mb=0)
+    backend = make_backend(n_ctx=2048, kv_reuse=False, image_cache_mb=0)
     backend._evaluator.embeddings.max_bytes = one_image  # room for exactly one embedding
-    try:
-        assert run(backend, [Message.user("A", [red])])[2].images_encoded == 1
-        assert run(backend, [Message.user("B", [red])])[2].images_cached == 1
-        assert run(backend, [Message.user("C", [blue])])[2].images_encoded == 1
-        assert run(backend, [Message.user("D", [red])])[2].images_encoded == 1  # evicted by blue
-    finally:
-        backend.close()
+    assert run(backend, [Message.user("A", [red])])[2].images_encoded == 1
+    assert run(backend, [Message.user("B", [red])])[2].images_cached == 1
+    assert run(backend, [Message.user("C", [blue])])[2].images_encoded == 1
+    assert run(backend, [Message.user("D", [red])])[2].images_encoded == 1  # evicted by blue
 
 
-def test_a_failed_generation_leaves_a_usable_backend(demo_pair, images):
+def test_a_failed_generation_leaves_a_usable_backend(make_backend, images):
     red, _ = images
-    on, off = load(demo_pair), load(demo_pair, **CACHING_OFF)
-    try:
-        messages = [Message.user("Describe it.", [red])]
-        stream = on.generate(GenerationRequest(messages=messages, temperature=0, max_tokens=20))
-        next(stream)  # abandoned after the first token, as a cancelled run does
-        stream.close()
-        assert run(on, messages)[:2] == run(off, messages)[:2]
-    finally:
-        on.close()
-        off.close()
+    on, off = make_backend(n_ctx=2048), make_backend(n_ctx=2048, **CACHING_OFF)
+    messages = [Message.user("Describe it.", [red])]
+    stream = on.generate(GenerationRequest(messages=messages, temperature=0, max_tokens=20))
+    next(stream)  # abandoned after the first token, as a cancelled run does
+    stream.close()
+    assert run(on, messages)[:2] == run(off, messages)[:2]
 
 
-def test_long_conversation_through_the_agent_trims_and_stays_equal(demo_pair, images):
+def test_long_conversation_through_the_agent_trims_and_stays_equal(make_backend, images):
     """More turns than a 384-token context holds: older turns leave the view with a notice, every turn
     answers, and the cached backend still answers exactly as the uncached one."""
-    from vision_agent.agent import Agent
     from vision_agent.config import load_settings
-    from vision_agent.events import Answer, Done, Notice
-    from vision_agent.messages import Conversation as History
+    from vision_agent.core.agent import Agent
+    from vision_agent.core.events import Answer, Done, Notice
+    from vision_agent.core.messages import Conversation as History
 
     red, blue = images
     settings = load_settings(
@@ -204,25 +181,20 @@ def test_long_conversation_through_the_agent_trims_and_stays_equal(demo_pair, im
             "tools": {"default_policy": "off"},
         },
     )
-    text, mmproj = demo_pair
     sides = []
     for extra in ({}, CACHING_OFF):
-        backend = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=384, **extra))
+        backend = make_backend(n_ctx=384, **extra)
         sides.append((backend, Agent(backend, settings), History()))
-    try:
-        seen_notice = False
-        for turn in range(8):
-            results = []
-            for backend, agent, history in sides:
-                events = list(agent.stream(f"Turn {turn}: and this one?", [(red, blue)[turn % 2]], history))
-                done = events[-1]
-                assert isinstance(done, Done) and done.status == "ok", done
-                assert done.usage.prompt_tokens + 1 < 384
-                seen_notice |= any(isinstance(e, Notice) and "left out of view" in e.message for e in events)
-                results.append(([e.text for e in events if isinstance(e, Answer)], backend.last_completion_tokens))
-            assert results[0] == results[1], f"turn {turn}"
-        assert seen_notice
-        assert sides[0][2].hidden_before > 0  # whole turns went too, not only images
-    finally:
-        for backend, _, _ in sides:
-            backend.close()
+    seen_notice = False
+    for turn in range(8):
+        results = []
+        for backend, agent, history in sides:
+            events = list(agent.stream(f"Turn {turn}: and this one?", [(red, blue)[turn % 2]], history))
+            done = events[-1]
+            assert isinstance(done, Done) and done.status == "ok", done
+            assert done.usage.prompt_tokens + 1 < 384
+            seen_notice |= any(isinstance(e, Notice) and "left out of view" in e.message for e in events)
+            results.append(([e.text for e in events if isinstance(e, Answer)], backend.last_completion_tokens))
+        assert results[0] == results[1], f"turn {turn}"
+    assert seen_notice
+    assert sides[0][2].hidden_before > 0  # whole turns went too, not only images

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
+from tests.helpers import data_url, mtmd_handler_answer
 from vision_agent.backends.base import Finished, GenerationRequest, TextDelta
-from vision_agent.backends.llama_cpp import LlamaCppBackend
-from vision_agent.catalog import ResolvedModel
-from vision_agent.config import ModelSettings
+from vision_agent.core.images import read_image_file
+from vision_agent.core.messages import Message
 from vision_agent.errors import ContextOverflowError, ModelFileError, ModelMismatchError
-from vision_agent.images import encode_png, read_image_file
-from vision_agent.messages import Message
 
 LIMITS = {"max_bytes": 10**8, "max_pixels": 10**8}
 
 
 @pytest.fixture(scope="module")
-def backend(demo_pair):
-    text, mmproj = demo_pair
-    backend = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=1024))
-    yield backend
-    backend.close()
+def backend(make_backend):
+    return make_backend(n_ctx=1024)
 
 
 def generate(backend, messages, **options):
@@ -69,40 +62,13 @@ def test_seeded_sampling_is_reproducible(backend, red_png):
     assert a == b
 
 
-def test_two_images_in_one_prompt(demo_pair, red_png, blue_png):
-    text, mmproj = demo_pair
-    backend = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=1024))
+def test_two_images_in_one_prompt(make_backend, red_png, blue_png):
+    backend = make_backend(n_ctx=1024)
     red, blue = read_image_file(red_png, **LIMITS), read_image_file(blue_png, **LIMITS)
     _, finished, _ = generate(backend, [Message.user("Compare them.", [red, blue])], temperature=0, max_tokens=8)
     assert finished.usage.images_encoded == 2
     _, one, _ = generate(backend, [Message.user("Compare them.", [red])], temperature=0, max_tokens=8)
     assert finished.usage.prompt_tokens == one.usage.prompt_tokens + 16
-
-
-def mtmd_handler_answer(demo_pair, messages_openai, max_tokens, n_ctx=1024):
-    """What llama-cpp-python's own MTMDChatHandler answers, greedily, for the same input."""
-    from llama_cpp import Llama
-    from llama_cpp.llama_chat_format import MTMDChatHandler
-
-    text, mmproj = demo_pair
-    llama = Llama(
-        model_path=str(text),
-        chat_handler=MTMDChatHandler(clip_model_path=str(mmproj), verbose=False),
-        n_ctx=n_ctx,
-        verbose=False,
-    )
-    try:
-        result = llama.create_chat_completion(messages=messages_openai, temperature=0, max_tokens=max_tokens)
-        return result["choices"][0]["message"]["content"], result["usage"]["completion_tokens"]
-    finally:
-        llama.close()
-
-
-def data_url(image) -> dict:
-    return {
-        "type": "image_url",
-        "image_url": {"url": "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()},
-    }
 
 
 @pytest.mark.parametrize("prompt", ["What is in this picture?", "Describe the colours.", "Is there text?"])
@@ -139,50 +105,41 @@ def test_greedy_multi_turn_with_system_equals_mtmd_chat_handler(backend, demo_pa
     assert ours == theirs
 
 
-def test_context_overflow_is_a_clear_error_and_backend_survives(demo_pair, red_png):
-    text, mmproj = demo_pair
-    small = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=256))
-    try:
-        image = read_image_file(red_png, **LIMITS)
-        with pytest.raises(ContextOverflowError, match="do not fit the 256-token context"):
-            generate(small, [Message.user("word " * 300, [image])], max_tokens=4)
-        text_out, finished, _ = generate(small, [Message.user("hi")], temperature=0, max_tokens=4)
-        assert 0 < finished.usage.prompt_tokens < 256
-    finally:
-        small.close()
+def test_context_overflow_is_a_clear_error_and_backend_survives(make_backend, red_png):
+    small = make_backend(n_ctx=256)
+    image = read_image_file(red_png, **LIMITS)
+    with pytest.raises(ContextOverflowError, match="do not fit the 256-token context"):
+        generate(small, [Message.user("word " * 300, [image])], max_tokens=4)
+    text_out, finished, _ = generate(small, [Message.user("hi")], temperature=0, max_tokens=4)
+    assert 0 < finished.usage.prompt_tokens < 256
 
 
-def test_mismatched_pair_refused_before_llama_cpp_loads(mismatched_pair):
-    text, mmproj = mismatched_pair
+def test_mismatched_pair_refused_before_llama_cpp_loads(make_backend, mismatched_pair):
     with pytest.raises(ModelMismatchError, match="outputs width 32 but text model .* has embedding width 64"):
-        LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings())
+        make_backend(mismatched_pair)
 
 
-def test_swapped_pair_and_corrupt_file_refused(demo_pair, tmp_path):
+def test_swapped_pair_and_corrupt_file_refused(make_backend, demo_pair, tmp_path):
     text, mmproj = demo_pair
     with pytest.raises(ModelMismatchError, match="projector"):
-        LlamaCppBackend(ResolvedModel(text=mmproj, mmproj=text), ModelSettings())
+        make_backend((mmproj, text))
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(text.read_bytes()[: text.stat().st_size // 2])
     with pytest.raises(ModelFileError, match="truncated|corrupt"):
-        LlamaCppBackend(ResolvedModel(text=truncated, mmproj=mmproj), ModelSettings())
+        make_backend((truncated, mmproj))
 
 
-def test_template_less_gguf_falls_back_to_vicuna_and_a_flag_can_force_a_format(tmp_path, red_png):
-    from vision_agent.demo_model import DemoShape, write_demo_pair
+def test_template_less_gguf_falls_back_to_vicuna_and_a_flag_can_force_a_format(make_backend, tmp_path, red_png):
+    from vision_agent.catalog.demo_model import DemoShape, write_demo_pair
 
-    text, mmproj = write_demo_pair(tmp_path, DemoShape(with_chat_template=False))
+    pair = write_demo_pair(tmp_path, DemoShape(with_chat_template=False))
     image = read_image_file(red_png, **LIMITS)
     request = GenerationRequest(messages=[Message.system("Sys."), Message.user("Q?", [image])], max_tokens=4)
-    fallback = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(n_ctx=512))
-    forced = LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj, chat_format="chatml"), ModelSettings(n_ctx=512))
-    try:
-        assert fallback.render(request) == f"Sys.\nUSER: {fallback.media_marker}\nQ?\nASSISTANT:"
-        assert forced.render(request).startswith("<|im_start|>system\nSys.<|im_end|>")
-        assert generate(fallback, request.messages, max_tokens=4)[1].usage.images_encoded == 1
-    finally:
-        fallback.close()
-        forced.close()
+    fallback = make_backend(pair, n_ctx=512)
+    forced = make_backend(pair, chat_format="chatml", n_ctx=512)
+    assert fallback.render(request) == f"Sys.\nUSER: {fallback.media_marker}\nQ?\nASSISTANT:"
+    assert forced.render(request).startswith("<|im_start|>system\nSys.<|im_end|>")
+    assert generate(fallback, request.messages, max_tokens=4)[1].usage.images_encoded == 1
 
 
 def test_concurrent_callers_are_serialised(backend, red_png):

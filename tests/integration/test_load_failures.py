@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from vision_agent.backends.llama_load import load_text_model
+from tests.helpers import run_cli
+from vision_agent.backends.llama_cpp.load import load_text_model
 from vision_agent.config import ModelSettings
 from vision_agent.errors import ModelFileError
 
@@ -56,7 +56,7 @@ def test_an_allocation_llama_cpp_fails_is_reported_with_its_own_lines(demo_pair,
         """
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3))
-        from vision_agent.cli import main
+        from vision_agent.frontends.cli.main import main
         sys.exit(main(sys.argv[1:]))
         """
     )
@@ -84,7 +84,7 @@ def test_a_ggml_abort_while_loading_prints_its_message_and_exits_11(demo_pair, t
     code = textwrap.dedent(
         f"""
         from pathlib import Path
-        from vision_agent.backends.llama_load import load_text_model
+        from vision_agent.backends.llama_cpp.load import load_text_model
         from vision_agent.config import ModelSettings
         load_text_model(Path({str(crafted)!r}), ModelSettings(n_ctx=512), 0)
         print("loaded")

@@ -9,29 +9,19 @@ import time
 
 import pytest
 
-from vision_agent.backends import llama_log
 from vision_agent.backends.base import Finished, GenerationRequest, TextDelta
-from vision_agent.backends.llama_cpp import LlamaCppBackend
-from vision_agent.catalog import ResolvedModel
-from vision_agent.config import ModelSettings
+from vision_agent.backends.llama_cpp import log as llama_log
+from vision_agent.core.images import read_image_file
+from vision_agent.core.messages import Message
 from vision_agent.errors import BackendError
-from vision_agent.images import read_image_file
-from vision_agent.messages import Message
 
 LIMITS = {"max_bytes": 10**8, "max_pixels": 10**8}
 PROMPTS = ["What is in this picture?", "Describe the colours.", "Tell me a story.", "Is there text?"]
 
 
-def load(pair, **settings) -> LlamaCppBackend:
-    text, mmproj = pair
-    return LlamaCppBackend(ResolvedModel(text=text, mmproj=mmproj), ModelSettings(**{"n_ctx": 1024, **settings}))
-
-
 @pytest.fixture(scope="module")
-def backend(demo_pair):
-    backend = load(demo_pair)
-    yield backend
-    backend.close()
+def backend(make_backend):
+    return make_backend(n_ctx=1024)
 
 
 def generate(backend, messages, **options) -> tuple[list[str], Finished]:
@@ -158,37 +148,33 @@ class CountingPieces:
         return self.pieces(token)
 
 
-def test_cancel_while_decoding_ends_at_once_with_usage(demo_pair):
-    on, fresh = load(demo_pair), load(demo_pair)
+def test_cancel_while_decoding_ends_at_once_with_usage(make_backend):
+    on, fresh = make_backend(n_ctx=1024), make_backend(n_ctx=1024)
     counter = on._pieces = CountingPieces(on._pieces)
-    try:
-        messages = [Message.user("Tell me a story.")]
-        cancel = threading.Event()
-        stream = on.generate(GenerationRequest(messages=messages, temperature=0, max_tokens=500, cancel=cancel))
-        seen, sampled_at_cancel = [], None
-        for chunk in stream:
-            if isinstance(chunk, TextDelta):
-                seen.append(chunk.text)
-                if len(seen) == 3:
-                    cancel.set()
-                    sampled_at_cancel = counter.count
-            else:
-                finished = chunk
-        assert len(seen) == 3  # nothing after the cancel
-        assert finished.reason == "cancelled"
-        # Not one token sampled after the cancel, and the usage says how many were.
-        assert finished.usage.completion_tokens == sampled_at_cancel == counter.count
-        assert len(on.last_completion_tokens) == sampled_at_cancel - 1
-        reference = generate(fresh, messages, temperature=0, max_tokens=500)[1]
-        assert finished.usage.prompt_tokens == reference.usage.prompt_tokens
-        # The next request is answered as a fresh backend answers it.
-        for follow_up in (messages, [Message.user("Something else.")]):
-            ours = generate(on, follow_up, temperature=0, max_tokens=40)
-            assert ours[0] == generate(fresh, follow_up, temperature=0, max_tokens=40)[0]
-            assert on.last_completion_tokens == fresh.last_completion_tokens
-    finally:
-        on.close()
-        fresh.close()
+    messages = [Message.user("Tell me a story.")]
+    cancel = threading.Event()
+    stream = on.generate(GenerationRequest(messages=messages, temperature=0, max_tokens=500, cancel=cancel))
+    seen, sampled_at_cancel = [], None
+    for chunk in stream:
+        if isinstance(chunk, TextDelta):
+            seen.append(chunk.text)
+            if len(seen) == 3:
+                cancel.set()
+                sampled_at_cancel = counter.count
+        else:
+            finished = chunk
+    assert len(seen) == 3  # nothing after the cancel
+    assert finished.reason == "cancelled"
+    # Not one token sampled after the cancel, and the usage says how many were.
+    assert finished.usage.completion_tokens == sampled_at_cancel == counter.count
+    assert len(on.last_completion_tokens) == sampled_at_cancel - 1
+    reference = generate(fresh, messages, temperature=0, max_tokens=500)[1]
+    assert finished.usage.prompt_tokens == reference.usage.prompt_tokens
+    # The next request is answered as a fresh backend answers it.
+    for follow_up in (messages, [Message.user("Something else.")]):
+        ours = generate(on, follow_up, temperature=0, max_tokens=40)
+        assert ours[0] == generate(fresh, follow_up, temperature=0, max_tokens=40)[0]
+        assert on.last_completion_tokens == fresh.last_completion_tokens
 
 
 def test_cancel_is_checked_after_every_token_even_without_text(backend):
@@ -216,33 +202,29 @@ def test_cancel_set_before_the_request_evaluates_nothing(backend):
 @pytest.fixture(scope="module")
 def slower_pair(tmp_path_factory):
     """Wide enough that a few thousand prompt tokens take a while to evaluate on a CPU."""
-    from vision_agent.demo_model import DemoShape, write_demo_pair
+    from vision_agent.catalog.demo_model import DemoShape, write_demo_pair
 
     return write_demo_pair(tmp_path_factory.mktemp("slower"), DemoShape(n_embd=256, n_ff=512, n_layer=4))
 
 
-def test_cancel_inside_a_long_prompt_evaluation_aborts_llama_decode(slower_pair):
+def test_cancel_inside_a_long_prompt_evaluation_aborts_llama_decode(make_backend, slower_pair):
     settings = {"n_ctx": 4096, "n_threads": 1}
-    on, fresh = load(slower_pair, **settings), load(slower_pair, **settings)
-    try:
-        long_prompt = [Message.user("the sky is blue and the sun is bright " * 60)]
-        cancel = threading.Event()
-        fired = []
-        timer = threading.Timer(0.1, lambda: (fired.append(time.monotonic()), cancel.set()))
-        point = llama_log.mark()
-        timer.start()
-        deltas, finished = generate(on, long_prompt, temperature=0, max_tokens=8, cancel=cancel)
-        ended = time.monotonic()
-        assert deltas == [] and finished.reason == "cancelled"
-        assert finished.usage.completion_tokens == 0 and finished.usage.prompt_tokens > 2000
-        assert any("ret = 2" in line for line in llama_log.errors_since(point, 32)), "llama_decode was not aborted"
-        assert ended - fired[0] < 2.0  # generous: it did not go on to the end of the prompt
-        # The KV cache held part of the prompt when it stopped; the next requests are answered as fresh.
-        for messages in ([Message.user("the sky is blue and the sun is bright " * 20)], [Message.user("Short.")]):
-            assert (
-                generate(on, messages, temperature=0, max_tokens=12)[0]
-                == generate(fresh, messages, temperature=0, max_tokens=12)[0]
-            )
-    finally:
-        on.close()
-        fresh.close()
+    on, fresh = make_backend(slower_pair, **settings), make_backend(slower_pair, **settings)
+    long_prompt = [Message.user("the sky is blue and the sun is bright " * 60)]
+    cancel = threading.Event()
+    fired = []
+    timer = threading.Timer(0.1, lambda: (fired.append(time.monotonic()), cancel.set()))
+    point = llama_log.mark()
+    timer.start()
+    deltas, finished = generate(on, long_prompt, temperature=0, max_tokens=8, cancel=cancel)
+    ended = time.monotonic()
+    assert deltas == [] and finished.reason == "cancelled"
+    assert finished.usage.completion_tokens == 0 and finished.usage.prompt_tokens > 2000
+    assert any("ret = 2" in line for line in llama_log.errors_since(point, 32)), "llama_decode was not aborted"
+    assert ended - fired[0] < 2.0  # generous: it did not go on to the end of the prompt
+    # The KV cache held part of the prompt when it stopped; the next requests are answered as fresh.
+    for messages in ([Message.user("the sky is blue and the sun is bright " * 20)], [Message.user("Short.")]):
+        assert (
+            generate(on, messages, temperature=0, max_tokens=12)[0]
+            == generate(fresh, messages, temperature=0, max_tokens=12)[0]
+        )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vision_agent.config import PythonToolSettings
-from vision_agent.messages import ImagePart
-from vision_agent.sandbox import run_python
+from vision_agent.core.messages import ImagePart
+from vision_agent.tooling.sandbox import run_python
 
 LIMITS = PythonToolSettings(timeout_s=10, cpu_s=5, memory_mb=1024, max_output_chars=5000)
 

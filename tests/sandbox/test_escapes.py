@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import png_bytes
+from tests.helpers import image_part
 from vision_agent.config import PythonToolSettings
-from vision_agent.images import decode_image
-from vision_agent.sandbox import run_python
+from vision_agent.tooling.sandbox import run_python
 
 LIMITS = PythonToolSettings(timeout_s=15, cpu_s=1, memory_mb=512, max_output_chars=5000)  # wall clock: loaded CI
 # What would show that a program reached the interpreter's internals or the parent.
@@ -298,7 +297,7 @@ CASES = [(family, name) for family, cases in FAMILIES.items() for name in sorted
 
 @pytest.fixture(scope="module")
 def image():
-    return decode_image(png_bytes(size=(32, 24), color=(10, 200, 30)), source="t", max_bytes=10**7, max_pixels=10**7)
+    return image_part(size=(32, 24), color=(10, 200, 30), source="t")
 
 
 def check(case: Hostile, image, tmp_path, monkeypatch):
@@ -343,7 +342,7 @@ def test_module_views_hold_even_against_unrestricted_python():
     import gc
     import importlib.util
 
-    from vision_agent.sandbox.runner import CHILD
+    from vision_agent.tooling.sandbox.runner import CHILD
 
     spec = importlib.util.spec_from_file_location("py_wall_under_test", CHILD.with_name("py_wall.py"))
     py_wall = importlib.util.module_from_spec(spec)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from vision_agent.config import PythonToolSettings
-from vision_agent.sandbox import kill_all, run_python, runner
-from vision_agent.sandbox.runner import CHILD
+from vision_agent.tooling.sandbox import kill_all, run_python, runner
+from vision_agent.tooling.sandbox.runner import CHILD
 
 SPIN = "while True:\n    pass"
 SLOW = PythonToolSettings(timeout_s=30, cpu_s=30)
@@ -151,7 +151,7 @@ APP = """
 import os, signal, sys, threading, time
 sys.path.insert(0, {repo!r})
 from vision_agent.config import PythonToolSettings
-from vision_agent.sandbox import run_python, runner
+from vision_agent.tooling.sandbox import run_python, runner
 threading.Thread(target=run_python, args=("while True:\\n    pass", PythonToolSettings(timeout_s=60, cpu_s=60)),
                  daemon=True).start()
 while not any(runner._live.values()):
@@ -231,7 +231,7 @@ def test_print_flood_is_capped_in_the_child(scratch):
 
 def test_large_image_round_trip(scratch):
     """The payload is written without blocking the reader loop (a 12 MB image)."""
-    from vision_agent.messages import ImagePart
+    from vision_agent.core.messages import ImagePart
 
     width, height = 2000, 2000
     rgb = bytes(range(256)) * (width * height * 3 // 256)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from vision_agent.config import PythonToolSettings
-from vision_agent.sandbox import layers, os_wall_active, run_python
-from vision_agent.sandbox.runner import CHILD
+from vision_agent.tooling.sandbox import layers, os_wall_active, run_python
+from vision_agent.tooling.sandbox.runner import CHILD
 
 LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not (LINUX and os_wall_active()), reason="the OS wall is not active on this machine")
@@ -265,7 +265,7 @@ def test_layers_are_reported_and_all_active_here():
 NOBODY_SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from vision_agent.sandbox.runner import run_child
+from vision_agent.tooling.sandbox.runner import run_child
 probe = run_child({"probe": True, "cpu_s": 5, "memory_bytes": 1 << 30, "max_output_chars": 100}, b"", 30, None,
                   1 << 20, executable=sys.executable)
 request = {"code": sys.argv[2], "restricted": False, "cpu_s": 5, "memory_bytes": 1 << 30, "max_output_chars": 1000,

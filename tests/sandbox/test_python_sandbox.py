@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from tests.conftest import png_bytes
+from tests.helpers import image_part
 from vision_agent.config import PythonToolSettings
-from vision_agent.images import decode_image
-from vision_agent.sandbox import run_python
+from vision_agent.tooling.sandbox import run_python
 
 LIMITS = PythonToolSettings(timeout_s=5, cpu_s=1, memory_mb=512, max_output_chars=5000)
 
@@ -105,7 +104,7 @@ HOSTILE = {
 
 @pytest.fixture(scope="module")
 def image():
-    return decode_image(png_bytes(size=(32, 24), color=(10, 200, 30)), source="t", max_bytes=10**7, max_pixels=10**7)
+    return image_part(size=(32, 24), color=(10, 200, 30), source="t")
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
@@ -152,7 +151,7 @@ def test_cancel_stops_the_program_at_once():
 
 
 def test_child_environment_is_stripped(monkeypatch):
-    from vision_agent import sandbox
+    from vision_agent.tooling import sandbox
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "leak")
     assert "AWS_SECRET_ACCESS_KEY" not in sandbox._CHILD_ENV

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import png_bytes
+from tests.helpers import image_part
 from vision_agent.config import PythonToolSettings
-from vision_agent.images import decode_image
-from vision_agent.sandbox import MAX_CODE_CHARS, os_wall_active, run_python
-from vision_agent.sandbox.runner import CHILD
+from vision_agent.tooling.sandbox import MAX_CODE_CHARS, os_wall_active, run_python
+from vision_agent.tooling.sandbox.runner import CHILD
 
 LIMITS = PythonToolSettings(timeout_s=15, cpu_s=2, memory_mb=512, max_output_chars=5000)
 LEAKS = ("__builtins__", "<module '", "built-in function open", "posix", "s3cret", "/proc/", "<frame", "<code ",
@@ -222,7 +221,7 @@ CASES = [(family, name) for family, cases in FAMILIES.items() for name in sorted
 
 @pytest.fixture(scope="module")
 def image():
-    return decode_image(png_bytes(size=(32, 24), color=(10, 200, 30)), source="t", max_bytes=10**7, max_pixels=10**7)
+    return image_part(size=(32, 24), color=(10, 200, 30), source="t")
 
 
 def check(case: Hostile, image, tmp_path, monkeypatch, limits=LIMITS, **options):

@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from vision_agent.actions import AnswerStep, StepStreamer, ToolStep, parse_step, step_grammar
 from vision_agent.config import ToolsSettings, load_settings
+from vision_agent.core.step_format import AnswerStep, StepStreamer, ToolStep, parse_step, step_grammar
 from vision_agent.errors import ConfigError, StepFormatError, ToolError
 from vision_agent.tooling import FunctionTool, ToolContext, ToolRegistry, apply_tool_flags, load_tools
 
@@ -91,7 +91,7 @@ def test_grammar_lists_enabled_tools_and_bounds_lengths():
 
 
 def load_tools_from_repo():
-    from vision_agent.resources import data_path
+    from vision_agent.paths import data_path
 
     return load_tools([data_path("tools")])
 

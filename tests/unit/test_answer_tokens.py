@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vision_agent.backends.answer_tokens import AnswerTokens
+from vision_agent.backends.llama_cpp.answer_tokens import AnswerTokens
 
 
 def test_vicuna_glue_is_dropped_and_the_answer_becomes_its_tokens():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vision_agent.backends.caches import ByteBoundedLRU, PositionKeys, Snapshot, SnapshotStore, common_prefix
+from vision_agent.backends.llama_cpp.caches import ByteBoundedLRU, PositionKeys, Snapshot, SnapshotStore, common_prefix
 
 
 def test_lru_evicts_least_recently_used_by_bytes():

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import replay_model, run_cli
 from vision_agent.config import ToolsSettings
 from vision_agent.errors import ToolError
-from vision_agent.resources import data_path
+from vision_agent.paths import data_path
 from vision_agent.tooling import ToolContext, load_tools
 
 
@@ -424,10 +424,10 @@ def test_ask_with_the_issue_inputs_answers_at_once(tmp_path, cli_env):
         'Thought: t\nAction: calculator\nInput: {"expression": "round(1, -10**8)"}',
         "Thought: done\nAnswer: ok",
     ]
-    replay = tmp_path / "script.txt"
-    replay.write_text("\n---\n".join(steps))
     started = time.monotonic()
-    result = run_cli("ask", "--json", "-m", f"replay:{replay}", "x", env=cli_env, timeout=60)
+    result = run_cli(
+        "ask", "--json", "-m", replay_model(tmp_path, *steps, name="script.txt"), "x", env=cli_env, timeout=60
+    )
     assert time.monotonic() - started < 30  # seconds of interpreter start-up at most, never minutes
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]

@@ -1,11 +1,10 @@
 import pytest
 
-from tests.conftest import png_bytes
-from vision_agent.chat_format import choose_template, render_prompt
+from tests.helpers import image_part
+from vision_agent.backends.llama_cpp.chat_format import choose_template, render_prompt
+from vision_agent.core.messages import Message
+from vision_agent.core.prompts import chat_template
 from vision_agent.errors import ConfigError
-from vision_agent.images import decode_image
-from vision_agent.messages import Message
-from vision_agent.prompts import chat_template
 
 MARKER = "<__media__>"
 
@@ -16,7 +15,7 @@ def render(template, messages):
 
 @pytest.fixture
 def image():
-    return decode_image(png_bytes(), source="x", max_bytes=10**7, max_pixels=10**7)
+    return image_part(source="x")
 
 
 def test_vicuna_puts_image_before_text_and_ends_with_assistant(image):
@@ -52,7 +51,7 @@ def test_choose_template():
 
 
 def test_a_template_is_compiled_once_and_renders_the_same_as_its_text(image):
-    from vision_agent.chat_format import compile_template
+    from vision_agent.backends.llama_cpp.chat_format import compile_template
 
     text = chat_template("chatml")
     compiled = compile_template(text)
@@ -62,7 +61,7 @@ def test_a_template_is_compiled_once_and_renders_the_same_as_its_text(image):
 
 
 def test_template_errors_are_a_bad_model_file_at_load_and_a_backend_error_at_render():
-    from vision_agent.chat_format import compile_template
+    from vision_agent.backends.llama_cpp.chat_format import compile_template
     from vision_agent.errors import BackendError, ModelFileError
 
     with pytest.raises(ModelFileError, match="syntax error on line 1"):

@@ -6,15 +6,14 @@ import json
 
 import pytest
 
-from tests.conftest import png_bytes
+from tests.helpers import image_part, png_bytes
+from vision_agent.core.messages import Conversation, Message
 from vision_agent.errors import ConfigError, StoreError
 from vision_agent.history import load_last, save_last
-from vision_agent.images import decode_image
-from vision_agent.messages import Conversation, Message
 
 
 def image(color=(200, 30, 30), size=(16, 12)):
-    return decode_image(png_bytes(size=size, color=color), source="x.png", max_bytes=10**7, max_pixels=10**7)
+    return image_part(size=size, color=color, source="x.png")
 
 
 def saved(tmp_path, turns=3):

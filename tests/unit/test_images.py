@@ -4,9 +4,9 @@ import time
 import pytest
 from PIL import Image
 
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
+from vision_agent.core.images import decode_image, read_image_file
 from vision_agent.errors import ImageDecodeError, ImageNotFoundError, ImageTooLargeError
-from vision_agent.images import decode_image, read_image_file
 
 LIMITS = {"max_bytes": 10_000_000, "max_pixels": 4_000_000}
 

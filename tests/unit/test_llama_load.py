@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vision_agent.backends.llama_load import MAX_N_CTX, N_UBATCH, check_context_size, minimum_bytes
+from vision_agent.backends.llama_cpp.load import MAX_N_CTX, N_UBATCH, check_context_size, minimum_bytes
+from vision_agent.catalog.gguf_info import GGUFSummary
 from vision_agent.errors import ConfigError
-from vision_agent.gguf_info import GGUFSummary
 
 # A 7B-class model with grouped-query attention: 32 layers, 32 heads, 8 K/V heads of 128.
 GQA = {"head_count": 32, "head_count_kv": 8, "key_length": 128, "value_length": 128}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vision_agent.observations import MARKER_REMOVED, defang, observation, skeleton, truncate
+from vision_agent.core.observations import MARKER_REMOVED, defang, observation, skeleton, truncate
 
 FORGED_MARKERS = [
     "TOOL_RESULT>>>",

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
-from tests.conftest import png_bytes
-from vision_agent.agent import Agent
+from tests.helpers import image_part
 from vision_agent.backends.replay import ReplayBackend, parse_script
 from vision_agent.config import GenerationSettings, load_settings
+from vision_agent.core.agent import Agent
+from vision_agent.core.events import Answer, Done, RunStarted, Token, from_json, to_json
+from vision_agent.core.messages import Conversation
 from vision_agent.errors import ModelFileError
-from vision_agent.events import Answer, Done, RunStarted, Token, from_json, to_json
-from vision_agent.images import decode_image
-from vision_agent.messages import Conversation
 
 
 def run_turn(backend, conversation, prompt, images, generation, system_prompt=""):
@@ -23,7 +22,7 @@ def run_turn(backend, conversation, prompt, images, generation, system_prompt=""
 
 
 def image():
-    return decode_image(png_bytes(), source="red.png", max_bytes=10**7, max_pixels=10**7)
+    return image_part(source="red.png")
 
 
 def test_turn_streams_tokens_then_answer_then_done_and_records_history():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from vision_agent.backends.special_text import CLOSE, OPEN, TextGuard, restore, trie_pattern
-from vision_agent.messages import Message
+from vision_agent.backends.llama_cpp.special_text import CLOSE, OPEN, TextGuard, restore, trie_pattern
+from vision_agent.core.messages import Message
 
 MARKER = "<__media__>"
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|im", "</s>", "<s>")
@@ -61,7 +61,7 @@ def test_strings_matched_even_as_text_reach_the_tokeniser_only_in_pieces():
 
 
 def test_the_structure_written_by_the_template_counts_as_structural():
-    from vision_agent.backends.special_text import VocabFacts
+    from vision_agent.backends.llama_cpp.special_text import VocabFacts
 
     facts = VocabFacts((), frozenset(), {"<|im_start|>": 5, "<table>": 6, "<start_of_turn>": 7}, 16)
     assert facts.structural("{{ '<start_of_turn>' }}") == {"<|im_start|>": 5, "<start_of_turn>": 7}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vision_agent.terminal import safe, safe_json, safe_line
+from vision_agent.frontends.terminal import safe, safe_json, safe_line
 
 ATTACKS = {
     "clipboard_write": "\x1b]52;c;cm0gLXJmIH4=\x07",

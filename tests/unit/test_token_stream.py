@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vision_agent.backends.token_loop import TextStream, first_stop, partial_stop
+from vision_agent.backends.llama_cpp.token_loop import TextStream, first_stop, partial_stop
 
 
 def run(pieces: list[bytes], stops: list[str] = ()) -> tuple[list[str], bool]:

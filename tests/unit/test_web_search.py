@@ -12,10 +12,10 @@ import types
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vision_agent.config import ToolsSettings, WebSearchSettings
 from vision_agent.errors import ToolError
-from vision_agent.resources import data_path
+from vision_agent.paths import data_path
 from vision_agent.tooling import ToolContext, load_tools
 
 

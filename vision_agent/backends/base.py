@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from vision_agent.messages import Message
+from vision_agent.core.messages import Message
 
 
 @dataclass
@@ -22,6 +22,8 @@ class GenerationRequest:
     reserve: int = 0  # positions that must stay free after the prompt, or ContextOverflowError
     # Set by another thread to stop: the stream then ends with Finished("cancelled") and the usage so far.
     cancel: threading.Event | None = field(default=None, compare=False)
+    # The stored conversation this request continues, if any: a backend may key saved state by it.
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)

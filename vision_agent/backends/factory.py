@@ -12,6 +12,6 @@ def make_backend(model: ResolvedModel, settings: ModelSettings) -> Backend:
         from vision_agent.backends.replay import ReplayBackend
 
         return ReplayBackend.from_file(model.replay_script)
-    from vision_agent.backends.llama_cpp import LlamaCppBackend
+    from vision_agent.backends.llama_cpp.backend import LlamaCppBackend
 
     return LlamaCppBackend(model, settings)

@@ -1,0 +1,1 @@
+"""Front ends over the core: the terminal (what reaches it), logging, the one-shot console run, and the CLI."""

@@ -2,7 +2,7 @@
 
 With --json every event goes to stdout as one JSON line. SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel the
 run: it still ends with `done` (cancelled) within a second, and the exit code says which signal
-(130, 143, 129). A second signal quits at once. Everything shown comes through vision_agent.terminal:
+(130, 143, 129). A second signal quits at once. Everything shown comes through vision_agent.frontends.terminal:
 text from the model, a tool or a file never acts on the terminal.
 """
 
@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from vision_agent.config import Settings
+from vision_agent.core.events import Done, Event, Notice, Token, ToolCall, ToolResult, UsageInfo, to_json
+from vision_agent.core.messages import ImagePart
 from vision_agent.errors import EXIT_INTERRUPTED, ConfigError, ContextOverflowError
-from vision_agent.events import Done, Event, Notice, Token, ToolCall, ToolResult, UsageInfo, to_json
-from vision_agent.messages import ImagePart
-from vision_agent.terminal import safe, safe_json, safe_line
+from vision_agent.frontends.terminal import safe, safe_json, safe_line
 
 # Read at most this much of a prompt from stdin: a model's context is far smaller, and memory is finite.
 MAX_PROMPT_BYTES = 8 * 1024 * 1024
@@ -32,7 +32,7 @@ CANCEL_GRACE_S = 0.8
 
 
 def ask(args: argparse.Namespace, settings: Settings) -> int:
-    from vision_agent.messages import Conversation
+    from vision_agent.core.messages import Conversation
     from vision_agent.tooling import apply_tool_flags, build_registry
 
     images = load_attachments(args.attach, settings)  # before the model loads: bad input fails fast
@@ -54,9 +54,9 @@ def ask(args: argparse.Namespace, settings: Settings) -> int:
 
     def run() -> Iterator[Event]:
         # Loaded in the worker too, so that a signal during a long load is still answered at once.
-        from vision_agent.agent import Agent
         from vision_agent.backends.factory import make_backend
         from vision_agent.catalog import resolve_model
+        from vision_agent.core.agent import Agent
 
         backend = make_backend(resolve_model(settings.model), settings.model)
         try:
@@ -82,7 +82,7 @@ def ask(args: argparse.Namespace, settings: Settings) -> int:
 
 def load_attachments(paths: list[str], settings: Settings) -> list[ImagePart]:
     """Every attachment's bytes, then the request's pixel budget from their headers, then decoding."""
-    from vision_agent.images import check_request, decode_image, display_name, header_pixels, read_image_bytes
+    from vision_agent.core.images import check_request, decode_image, display_name, header_pixels, read_image_bytes
 
     limits = settings.images
     if paths.count("-") > 1:
@@ -183,7 +183,7 @@ def quit_now(code: int) -> None:
 
 def _kill_children() -> None:
     try:
-        from vision_agent import sandbox
+        from vision_agent.tooling import sandbox
 
         kill_all = getattr(sandbox, "kill_all", None)
         if kill_all is not None:
