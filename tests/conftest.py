@@ -72,4 +72,7 @@ def cli_env(tmp_path) -> dict[str, str]:
     env["XDG_DATA_HOME"] = str(tmp_path / "data")
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     env["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    # No test reaches the internet unless marked `network`: the hub and the search engine are a closed port.
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    env["DDGS_PROXY"] = "http://127.0.0.1:9"
     return env

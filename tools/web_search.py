@@ -22,7 +22,7 @@ from pydantic import Field
 
 from vision_agent.config import WebSearchSettings, read_text_file
 from vision_agent.errors import ToolError
-from vision_agent.tooling import ToolContext
+from vision_agent.tooling import ToolContext, call_with_deadline
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +55,32 @@ def web_search(query: str, context: ToolContext, max_results: Annotated[int, Fie
         raise ToolError(f"search query too long ({len(query)} characters; the limit is {MAX_QUERY_CHARS})")
     # The settings are the ceiling (and the default); the schema's own bounds are not relied upon.
     count = settings.max_results if not max_results or max_results < 1 else min(max_results, settings.max_results)
-    hits = run_search(query, count, settings)
+    hits = run_search(query, count, settings, context.cancel)
     if not hits:
         return f"no results for {query!r}"
     return "\n".join(f"[{n}] {hit.title}\n    {hit.url}\n    {hit.snippet}" for n, hit in enumerate(hits, 1))
 
 
-def run_search(query: str, count: int, settings: WebSearchSettings) -> list[SearchHit]:
-    """Call the provider in a daemon thread so that a hung connection cannot outlive the timeout."""
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["hits"] = _provider(settings)(query, count, settings)
-        except Exception as exc:  # reported as the tool's error below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=work, name="web-search", daemon=True)
-    thread.start()
-    thread.join(settings.timeout_s + 1)
-    if thread.is_alive():
+def run_search(
+    query: str, count: int, settings: WebSearchSettings, cancel: threading.Event | None = None
+) -> list[SearchHit]:
+    """Call the provider under the one deadline helper, so that a hung connection cannot outlive the timeout."""
+    call = call_with_deadline(
+        lambda _call_cancel: _provider(settings)(query, count, settings), settings.timeout_s + 1, cancel, "web-search"
+    )
+    if call.cancelled:
+        raise ToolError("cancelled")
+    if call.timed_out:
         raise ToolError(f"search unavailable: the search engine did not answer within {settings.timeout_s:g} s")
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, ToolError):
+    error = call.error
+    if isinstance(error, ToolError):
+        raise error
+    if error is not None:
+        if not isinstance(error, Exception):  # SystemExit, KeyboardInterrupt: not a search failure to describe
             raise error
         log.debug("web_search failed", exc_info=error)  # the full dump, for -v
         raise ToolError(f"search unavailable: {describe_failure(error)}")
-    return [_clean(hit) for hit in outcome["hits"][:count]]
+    return [_clean(hit) for hit in (call.value or [])[:count]]
 
 
 # What ddgs and primp raise, by class name or message fragment (lower case), as the user reads it.

@@ -55,8 +55,8 @@ def save_last(conversation: Conversation, directory: Path | None = None) -> Path
         for image in conversation.images:
             path = images / f"{image.sha256}.png"
             if not path.exists():
-                _write_atomic(path, encode_png(image))
-        _write_atomic(target, json.dumps(data, ensure_ascii=False).encode("utf-8", errors="replace"))
+                write_atomic(path, encode_png(image))
+        write_atomic(target, json.dumps(data, ensure_ascii=False).encode("utf-8", errors="replace"))
     except OSError as exc:
         raise StoreError(f"the conversation could not be saved in {directory}: {exc.strerror or exc}") from None
     return target
@@ -74,7 +74,7 @@ def load_last(directory: Path | None = None, *, limits: ImageSettings | None = N
         stored = _Stored.model_validate_json(raw)
     except ValidationError as exc:
         raise StoreError(
-            f"the saved conversation {path} is damaged ({_first_problem(exc)}); ask without -c to start anew"
+            f"the saved conversation {path} is damaged ({first_problem(exc)}); ask without -c to start anew"
         ) from None
     if stored.version != FORMAT_VERSION:
         raise StoreError(f"the saved conversation {path} has an unknown format; ask without -c to start anew")
@@ -124,7 +124,7 @@ class _StoredMessage(_Strict):
 
 
 @dataclass
-class _Budget:
+class ImageBudget:
     """What the stored images may take together: each distinct image's pixels count once."""
 
     limits: ImageSettings
@@ -135,13 +135,13 @@ def _rebuild(stored: _Stored, images: Path, limits: ImageSettings) -> Loaded:
     messages: list[Message | None] = [None] * len(stored.messages)
     problems: dict[int, str] = {}
     cache: dict[str, ImagePart | str] = {}
-    budget = _Budget(limits)
+    budget = ImageBudget(limits)
     # Newest first: when the stored images exceed the pixel budget, the oldest turns are the ones left out.
     for index in reversed(range(len(stored.messages))):
         try:
-            messages[index] = _message(stored.messages[index], images, budget, cache)
+            messages[index] = stored_message(stored.messages[index], images, budget, cache)
         except (ValidationError, ValueError, VisionAgentError) as exc:
-            problems[index] = f"message {index + 1}: {_first_problem(exc)}"
+            problems[index] = f"message {index + 1}: {first_problem(exc)}"
     starts = _turn_starts(stored.turn_starts, len(messages), messages)
     conversation = Conversation()
     dropped = 0
@@ -165,7 +165,7 @@ def _rebuild(stored: _Stored, images: Path, limits: ImageSettings) -> Loaded:
     return Loaded(conversation, notes)
 
 
-def _message(raw: object, images: Path, budget: _Budget, cache: dict) -> Message:
+def stored_message(raw: object, images: Path, budget: ImageBudget, cache: dict) -> Message:
     message = _StoredMessage.model_validate(raw)
     parts = []
     for part in message.parts:
@@ -179,7 +179,7 @@ def _message(raw: object, images: Path, budget: _Budget, cache: dict) -> Message
     return Message(role=message.role, parts=parts)
 
 
-def _image(stored: _StoredImage, images: Path, budget: _Budget, cache: dict) -> ImagePart:
+def _image(stored: _StoredImage, images: Path, budget: ImageBudget, cache: dict) -> ImagePart:
     """The image from its PNG, checked against what the conversation says it is, within the budget."""
     if stored.sha256 not in cache:
         limits = budget.limits
@@ -225,7 +225,7 @@ def _index(value: object, length: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= length
 
 
-def _first_problem(exc: Exception) -> str:
+def first_problem(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
@@ -233,7 +233,7 @@ def _first_problem(exc: Exception) -> str:
     return str(exc)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     # A name of its own per writer: two processes saving at once never share a temporary file.
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -1,5 +1,7 @@
 """A saved conversation is input: planted or damaged files cannot hang `ask -c`, take gigabytes, fail every
-later `-c`, or end in exit 1 (the real CLI, the real llama.cpp path on the demo pair)."""
+later `-c`, or end in exit 1 (the real CLI, the real llama.cpp path on the demo pair). Conversations live in the
+SQLite store (sessions/store.py) and its image folder; the last.json of earlier versions is imported once, on the
+store's first use, and is as untrusted as the store."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -63,57 +67,108 @@ def done(result) -> dict:
     return events[-1]
 
 
-def test_a_fifo_in_place_of_the_file_is_refused_not_waited_on(demo_pair, cli_env, history):
-    os.mkfifo(history / "last.json")  # used to block `ask -c` forever in open()
+@pytest.fixture
+def store(cli_env, tmp_path):
+    """The store `ask` uses in cli_env, opened in this process (real SQLite); the history it would import is empty."""
+    from vision_agent.config import ImageSettings
+    from vision_agent.sessions.store import Store
+
+    path = tmp_path / "data" / "vision-agent" / "vision-agent.db"
+    with Store.open(path, limits=ImageSettings(max_total_pixels=10**12), history=tmp_path / "no-history") as opened:
+        yield opened
+
+
+def store_turns(store, *turns: tuple[str, list]) -> str:
+    """A conversation of answered turns (prompt, images) committed to the store; its id."""
+    from vision_agent.core.messages import Message
+    from vision_agent.sessions.store import TurnRecord
+
+    conversation = store.new_conversation(turns[0][0] if turns else "empty", "test", None)
+    for prompt, images in turns:
+        record = TurnRecord(run_id="0" * 32, prompt=prompt, images=[i.sha256 for i in images], answer="a",
+                            status="ok", steps=[], usage={})  # fmt: skip
+        store.commit_turn(
+            conversation, record, [Message.user(prompt, images), Message.assistant(f"answer to {prompt}")]
+        )
+    return conversation
+
+
+def solid(side: int, shade: int):
+    from tests.helpers import image_part
+
+    return image_part(size=(side, side), color=(shade, 0, 0), limit=10**8)
+
+
+def notices(result) -> list[str]:
+    return [json.loads(line)["message"] for line in result.stdout.splitlines() if b'"notice"' in line]
+
+
+def test_a_fifo_in_place_of_the_store_is_refused_not_waited_on(demo_pair, cli_env, tmp_path):
+    path = tmp_path / "data" / "vision-agent" / "vision-agent.db"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)  # a FIFO blocks open() forever
     result = ask_c(demo_pair, cli_env, timeout=60)
     assert result.returncode == 14, result.stderr
     assert b"not a regular file" in result.stderr and result.stderr.count(b"\n") == 1
 
 
+def test_a_fifo_in_place_of_the_old_history_is_not_waited_on(demo_pair, cli_env, history):
+    os.mkfifo(history / "last.json")  # the import on the store's first use used to block in open()
+    result = run_cli("ask", *model(demo_pair), *NO_TOOLS, "hi", env=cli_env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert done(result)["status"] == "ok"
+
+
 @pytest.mark.parametrize("plant", ["fifo", "dev_zero"])
-def test_a_planted_image_file_costs_its_turn_only(demo_pair, cli_env, history, plant):
-    image = stored_png(history, 8, 1)
-    path = history / "images" / f"{image['sha256']}.png"
+def test_a_planted_image_file_costs_its_turn_only(demo_pair, cli_env, store, plant):
+    image = solid(8, 1)
+    store_turns(store, ("with the image", [image]), ("plain text", []))
+    path = store.image_path(image.sha256)
     path.unlink()
     if plant == "fifo":
         os.mkfifo(path)  # hung in open()
     else:
         path.symlink_to("/dev/zero")  # read 256 MB before it was refused
-    write(history, [*turn("with the image", image), *turn("plain text")], turn_starts=[0, 2])
     result = ask_c(demo_pair, cli_env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert done(result)["status"] == "ok"
-    assert b"1 damaged turn" in result.stderr and b"not a regular file" in result.stderr
+    assert any("1 damaged turn" in n and "not a regular file" in n for n in notices(result)), notices(result)
 
 
-def test_stored_images_are_bounded_by_the_pixel_budget_newest_kept(demo_pair, cli_env, history):
+def test_stored_images_are_bounded_by_the_pixel_budget_newest_kept(demo_pair, cli_env, store):
     # Four 1500x1500 images (2.25 M pixels each, a few KB each on disk): with a 5 M budget the two newest are
     # kept and the oldest turns are left out. Unbounded, 1.4 MB of such files took 2.8 GB and 12 s.
-    images = [stored_png(history, 1500, shade) for shade in range(4)]
-    messages = [m for n, image in enumerate(images) for m in turn(f"turn {n}", image)]
-    write(history, messages, turn_starts=[0, 2, 4, 6])
+    conversation = store_turns(store, *((f"turn {n}", [solid(1500, n)]) for n in range(4)))
     env = {**cli_env, "VISION_AGENT_IMAGES__MAX_TOTAL_PIXELS": "5000000"}
     result = ask_c(demo_pair, env)
     assert result.returncode == 0, result.stderr
-    assert b"2 damaged turn(s)" in result.stderr and b"exceed the limit of 5,000,000 pixels" in result.stderr
-    saved = json.loads((history / "last.json").read_text())  # what was kept is saved again, with the new turn
-    kept = [m["parts"][-1]["text"] for m in saved["messages"] if m["role"] == "user"]
-    assert kept == ["turn 2", "turn 3", "and now?"]
+    assert any("2 damaged turn(s)" in n and "exceed the limit of 5,000,000 pixels" in n for n in notices(result))
+    assert done(result)["usage"]["images_encoded"] == 2  # only the two newest images reached the model
+    kept = [turn.prompt for turn in store.turns(conversation)]  # the store keeps every turn, and the new one
+    assert kept == ["turn 0", "turn 1", "turn 2", "turn 3", "and now?"]
 
 
-def test_an_empty_conversation_continues(demo_pair, cli_env, history):
-    write(history, [], turn_starts=[0])  # exit 1 (ValueError in zip) before
+def test_an_empty_conversation_continues(demo_pair, cli_env, store):
+    store_turns(store)  # no turns (exit 1, ValueError in zip, with the old history file)
     result = ask_c(demo_pair, cli_env)
     assert result.returncode == 0, result.stderr
     assert done(result)["status"] == "ok"
 
 
-def test_a_file_of_countless_tiny_values_is_refused_before_parsing(demo_pair, cli_env, history):
+def test_an_old_history_of_countless_tiny_values_is_refused_before_parsing(demo_pair, cli_env, history):
     # 15 MB of {} parse into 5 M dicts (~760 MB); a 238 MB file of tiny parts took 13 GB and 122 s.
     (history / "last.json").write_text('{"version": 1, "messages": [' + "{}," * 5_000_000 + "{}]}")
-    result = ask_c(demo_pair, cli_env, timeout=60)
-    assert result.returncode == 14, result.stderr
-    assert b"too many values" in result.stderr and result.stderr.count(b"\n") == 1
+    # The CLI's peak memory, measured by a parent of its own (this process's children include other tests').
+    measure = "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; " \
+        "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"  # fmt: skip
+    ask = [sys.executable, "-m", "vision_agent", "ask", *model(demo_pair), *NO_TOOLS, "hi"]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", measure, *ask], capture_output=True, env=cli_env, timeout=60)
+    code, peak_kib = map(int, result.stdout.splitlines()[-1].split())
+    assert code == 0, result.stderr  # nothing imported; the new conversation is answered
+    assert time.monotonic() - started < 30 and peak_kib < 500_000  # far from the 760 MB parsing would take
+    again = ask_c(demo_pair, cli_env)  # the import is not tried again: -c continues what was just answered
+    assert again.returncode == 0, again.stderr
 
 
 def test_many_saved_turns_continue_in_linear_time(demo_pair, cli_env, history):

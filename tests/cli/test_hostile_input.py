@@ -172,19 +172,24 @@ def test_an_unwritable_data_dir_keeps_the_answer_and_exits_14(tmp_path, cli_env)
 
 
 def test_a_damaged_saved_conversation_is_reported_and_the_rest_kept(tmp_path, cli_env):
+    import sqlite3
+
     first = run_cli("ask", "--no-tools", "-m", replay_model(tmp_path, "one", "two"), "q1", env=cli_env)
     assert first.returncode == 0
     second = run_cli("ask", "-c", "--no-tools", "-m", replay_model(tmp_path, "two", name="b.json"), "q2",
                      env=cli_env)  # fmt: skip
     assert second.returncode == 0
-    saved = tmp_path / "data" / "vision-agent" / "history" / "last.json"
-    data = json.loads(saved.read_text())
-    data["messages"][0]["parts"] = {"broken": True}
-    saved.write_text(json.dumps(data))
+    saved = tmp_path / "data" / "vision-agent" / "vision-agent.db"
+    with sqlite3.connect(saved) as db:  # the first turn's user message tampered with
+        db.execute("UPDATE messages SET parts = ? WHERE turn = 0 AND position = 0", (json.dumps({"broken": True}),))
+    db.close()
     third = run_cli("ask", "-c", "--json", "--no-tools", "-m", replay_model(tmp_path, "three", name="c.json"), "q3",
                     env=cli_env)  # fmt: skip
     assert third.returncode == 0, third.stderr
-    assert b"1 damaged turn" in third.stderr
+    notes = [e["message"] for e in map(json.loads, third.stdout.splitlines()) if e["type"] == "notice"]
+    assert any("1 damaged turn" in note for note in notes), notes
+    for journal in saved.parent.glob("vision-agent.db-*"):
+        journal.unlink()
     saved.write_bytes(b"\x00\xff garbage")
     broken = run_cli("ask", "-c", "-m", replay_model(tmp_path, "Answer: x", name="d.json"), "q", env=cli_env)
     assert broken.returncode == 14 and len(broken.stderr.splitlines()) == 1

@@ -46,11 +46,9 @@ def test_twenty_seeds_each_end_with_done_within_the_cap(backend, tmp_path):
         done = events[-1]
         assert isinstance(done, Done) and sum(isinstance(e, Done) for e in events) == 1
         assert done.steps <= settings.agent.max_steps + 1
-        assert done.status in ("ok", "max_steps", "error"), done
-        if done.status == "error":  # only a step the token budget cut short may fail to parse
-            assert done.error.kind == "step_format" and "cut off" in done.error.message, done.error
-        for notice in (e for e in events if isinstance(e, Notice)):
-            assert "cut off" in notice.message, notice.message
+        # Each step's token budget covers the longest step the grammar allows: none is cut off or retried.
+        assert done.status in ("ok", "max_steps"), done
+        assert not [e.message for e in events if isinstance(e, Notice)]
         tool_calls += sum(isinstance(e, ToolCall) for e in events)
     assert tool_calls > 0  # the grammar offers the tools and the model takes them
 

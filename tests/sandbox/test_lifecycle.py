@@ -117,7 +117,7 @@ def test_ctrl_c_in_the_calling_thread(scratch):
 
 
 def test_an_abandoned_call_stops_when_its_cancel_is_set(scratch):
-    """agent._run_with_timeout leaves the tool thread behind and sets the call's cancel event."""
+    """tooling.runner.call_with_deadline leaves the tool thread behind and sets the call's cancel event."""
     cancel, outcome = threading.Event(), {}
     worker = threading.Thread(target=lambda: outcome.update(r=run_python(SPIN, SLOW, cancel=cancel)), daemon=True)
     worker.start()

@@ -187,17 +187,21 @@ def test_ddgs_no_results_is_an_empty_answer_not_an_error(search, monkeypatch):
 
 
 def test_tool_search_offline_says_so_in_one_line(cli_env):
-    # The real network path: here (no internet) it fails with exit 12 and one line; with a network it
-    # prints numbered results. Either way, never a debug dump.
-    env = {k: v for k, v in cli_env.items() if k != "DDGS_PROXY"}
-    env["VISION_AGENT_TOOLS__WEB_SEARCH__TIMEOUT_S"] = "3"
+    # The real ddgs path with the search engine unreachable (cli_env: a closed port): exit 12 and one human
+    # line, never a debug dump.
+    env = {**cli_env, "VISION_AGENT_TOOLS__WEB_SEARCH__TIMEOUT_S": "3"}
     result = run_cli("tool", "search", "llama.cpp { Error", "--max-results", "2", env=env, timeout=60)
-    if result.returncode == 0:
-        assert result.stdout.startswith(b"[1] ")
-        return
     assert result.returncode == 12, result.stderr
     assert result.stdout == b""
     line = result.stderr.decode()
     assert line.startswith("vision-agent: web_search: ") and line.endswith("\n") and line.count("\n") == 1
     assert_one_human_line(line.removeprefix("vision-agent: web_search: ").rstrip("\n"))
     assert "Query" not in line and "DNSError" not in line
+
+
+@pytest.mark.network
+def test_tool_search_on_the_real_network_prints_numbered_results(cli_env):
+    env = {k: v for k, v in cli_env.items() if k != "DDGS_PROXY"}
+    result = run_cli("tool", "search", "llama.cpp", "--max-results", "2", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"[1] ")

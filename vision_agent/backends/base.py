@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from vision_agent.core.events import UsageInfo
 from vision_agent.core.messages import Message
+
+# One usage type from the backend to `done`: a generation's counts are summed into the run's by the agent.
+Usage = UsageInfo
 
 
 @dataclass
@@ -32,15 +36,6 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt positions llama.cpp already held (not evaluated again)
-    images_encoded: int = 0
-    images_cached: int = 0  # image embeddings taken from the cache instead of encoded
-
-
-@dataclass(frozen=True)
 class Finished:
     reason: Literal["stop", "length", "cancelled"]  # "stop": end of sequence or a stop string
     usage: Usage
@@ -52,13 +47,28 @@ Chunk = TextDelta | Finished
 class Backend(Protocol):
     """Turns messages into a token stream. Implementations serialise calls with a lock.
 
-    A backend with a bounded context also offers `context_size` (positions) and
-    `count_prompt_tokens(request)`, and raises ContextOverflowError before the first chunk when the
-    prompt does not fit; the agent then hides older turns (context_window) and tries again.
+    Its capabilities are part of the protocol, not probed: `context_size` is None for a backend without a
+    bound (then the agent never trims); with a bound, `count_prompt_tokens(request)` gives the positions a
+    request's prompt needs, and `generate` raises ContextOverflowError before the first chunk when the prompt
+    and `request.reserve` do not fit; the agent then hides older turns (context_window) and tries again.
+    `max_prompt_bytes`, when not None, is the longest prompt (UTF-8 bytes) that could fit at all: longer text
+    is refused before it is tokenised. `finish_conversation(id)` is called after a stored conversation's turn,
+    for a backend that keeps something of it (a saved KV state); it may do nothing.
     """
 
     label: str
 
-    def generate(self, request: GenerationRequest) -> Iterator[Chunk]: ...
+    @property
+    def context_size(self) -> int | None: ...
+
+    @property
+    def max_prompt_bytes(self) -> int | None: ...
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int: ...
+
+    # A generator: the agent closes it to stop early (a cancelled run, a step it has read enough of).
+    def generate(self, request: GenerationRequest) -> Generator[Chunk, None, None]: ...
+
+    def finish_conversation(self, conversation_id: str) -> None: ...
 
     def close(self) -> None: ...

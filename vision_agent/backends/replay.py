@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
+from typing import Literal
 
 from vision_agent.backends.base import Chunk, Finished, GenerationRequest, TextDelta, Usage
 from vision_agent.errors import BackendError, ContextOverflowError, ModelFileError
@@ -46,13 +47,26 @@ def parse_script(path: Path) -> list[str]:
 
 class ReplayBackend:
     """`context_size`, when given, bounds the prompt as a real model would: a word is a token and an image
-    IMAGE_TOKENS tokens (agent tests of context overflow use it)."""
+    IMAGE_TOKENS tokens (agent tests of context overflow use it).
 
-    def __init__(self, turns: list[str], label: str = "replay", context_size: int | None = None):
+    With `cache=True` the usage reports what a KV cache would have kept, as llama.cpp does: the words the
+    prompt shares with the previous request's prompt and answer are `cached_tokens`, and an image seen in an
+    earlier request is `images_cached` instead of `images_encoded`. Without it every image counts as encoded.
+    """
+
+    max_prompt_bytes: int | None = None  # words have no byte bound
+
+    def __init__(
+        self, turns: list[str], label: str = "replay", context_size: int | None = None, *, cache: bool = False
+    ):
         self.label = label
         self.turns = list(turns)
         self.context_size = context_size
+        self.cache = cache
         self.requests: list[GenerationRequest] = []
+        self.finished_conversations: list[str] = []
+        self._held: list[str] = []  # the words the "KV cache" holds after the last request
+        self._seen_images: set[str] = set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -63,7 +77,7 @@ class ReplayBackend:
         words = sum(len(m.text.split()) for m in request.messages)
         return words + IMAGE_TOKENS * sum(len(m.images) for m in request.messages)
 
-    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+    def generate(self, request: GenerationRequest) -> Generator[Chunk, None, None]:
         with self._lock:
             if self.context_size:
                 needed = self.count_prompt_tokens(request)
@@ -79,16 +93,32 @@ class ReplayBackend:
                 pieces, reason = pieces[: request.max_tokens], "length"
             for piece in pieces:
                 yield TextDelta(piece)
-            images = sum(len(m.images) for m in request.messages)
-            usage = Usage(
-                prompt_tokens=self.count_prompt_tokens(request), completion_tokens=len(pieces), images_encoded=images
-            )
-            yield Finished(reason=reason, usage=usage)
+            yield Finished(reason=reason, usage=self._usage(request, pieces))
+
+    def _usage(self, request: GenerationRequest, pieces: list[str]) -> Usage:
+        images = [i.sha256 for m in request.messages for i in m.images]
+        usage = Usage(prompt_tokens=self.count_prompt_tokens(request), completion_tokens=len(pieces))
+        if not self.cache:
+            return usage.model_copy(update={"images_encoded": len(images)})
+        words = [w for m in request.messages for w in m.text.split()]
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(words, self._held, strict=False)) if a != b),
+            min(len(words), len(self._held)),
+        )
+        cached = sum(1 for sha in images if sha in self._seen_images)
+        self._held = words + "".join(pieces).split()
+        self._seen_images.update(images)
+        return usage.model_copy(
+            update={"cached_tokens": shared, "images_cached": cached, "images_encoded": len(images) - cached}
+        )
+
+    def finish_conversation(self, conversation_id: str) -> None:
+        self.finished_conversations.append(conversation_id)
 
     def close(self) -> None:
         pass
 
 
-def _apply_stop(text: str, stops: list[str]) -> tuple[str, str]:
+def _apply_stop(text: str, stops: list[str]) -> tuple[str, Literal["stop", "length"]]:
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], "stop") if cut >= 0 else (text, "stop")

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vision_agent.core.messages import Conversation, ImagePart, Message, TextPart
 from vision_agent.core.prompts import load_prompt
+from vision_agent.errors import ContextOverflowError
+
+if TYPE_CHECKING:
+    from vision_agent.backends.base import Backend, GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,9 @@ def visible_messages(conversation: Conversation, view: View | None = None) -> li
         message = conversation.messages[index]
         if index < view.images_hidden_before and message.images:
             placeholder = placeholder or load_prompt("context/image_dropped.txt").strip()
-            parts = [TextPart(text=placeholder) if isinstance(p, ImagePart) else p for p in message.parts]
+            parts: list[TextPart | ImagePart] = [
+                TextPart(text=placeholder) if isinstance(p, ImagePart) else p for p in message.parts
+            ]
             message = Message(role=message.role, parts=parts)
         shown.append(message)
     return shown
@@ -85,12 +92,13 @@ def plan_trim(conversation: Conversation, count: Callable[[View], int], budget: 
             counts[index] = count(candidates[index])
         return counts[index]
 
-    for limit in (target, budget):
-        index = _first_fitting(len(candidates), lambda i, limit=limit: needed(i) <= limit)
-        if index is not None:
-            break
-    else:
-        index = len(candidates) - 1
+    def first_within(limit: int) -> int | None:
+        return _first_fitting(len(candidates), lambda i: needed(i) <= limit)
+
+    found = first_within(target)
+    if found is None:
+        found = first_within(budget)
+    index = len(candidates) - 1 if found is None else found
     view = candidates[index]
     return Trim(view, needed(index), *_dropped(conversation, current_view(conversation), view))
 
@@ -133,3 +141,89 @@ def _dropped(conversation: Conversation, before: View, after: View) -> tuple[int
     )
     turns = sum(1 for start in conversation.turn_boundaries() if before.hidden_before <= start < after.hidden_before)
     return images, turns
+
+
+# -- what the agent asks of this module: checks before a request, and the cut after an overflow -----------------
+
+
+def check_prompt_size(backend: Backend, prompt: str) -> None:
+    """Refuse a prompt that cannot fit before tokenising it (llama.cpp's tokeniser is quadratic in length)."""
+    limit = backend.max_prompt_bytes
+    size = len(prompt.encode("utf-8", errors="replace"))
+    if limit and size > limit:
+        raise ContextOverflowError(
+            f"prompt too long: {size:,} bytes cannot fit the {backend.context_size}-token context "
+            f"(at most {limit:,} bytes could); shorten it or raise --ctx"
+        )
+
+
+def answer_reserve(backend: Backend, max_tokens: int) -> int:
+    """Room kept free for the answer when deciding whether the prompt fits."""
+    n_ctx = backend.context_size
+    return min(max_tokens, n_ctx // 4) if n_ctx else 0
+
+
+def hide_what_cannot_fit(backend: Backend, conversation: Conversation) -> str | None:
+    """Turns too long for the context even on their own leave the view before anything is rendered: a long
+    saved conversation costs neither a render of all of it nor the template's time cap. The notice, if any."""
+    n_ctx, limit = backend.context_size, backend.max_prompt_bytes
+    if not n_ctx or not limit:
+        return None
+    start = fitting_start(conversation, n_ctx, max(limit // n_ctx, 1))
+    if start <= conversation.hidden_before:
+        return None
+    turns = sum(1 for begin in conversation.turn_boundaries() if conversation.hidden_before <= begin < start)
+    conversation.hidden_before = start
+    conversation.images_hidden_before = max(conversation.images_hidden_before, start)
+    return f"the conversation outgrew the {n_ctx}-token context: the {turns} oldest turn(s) left out of view"
+
+
+@dataclass(frozen=True)
+class Fit:
+    notice: str
+    full: bool  # the prompt fits only with less room than the reserve: the answer may be cut short
+
+
+def fit_after_overflow(
+    backend: Backend,
+    conversation: Conversation,
+    request_for: Callable[[View | None], GenerationRequest],
+    reserve: int,
+    overflow: ContextOverflowError,
+) -> Fit:
+    """Hide the oldest turns (images first) until the prompt fits; the system prompt and this turn stay.
+
+    `request_for(view)` builds the request as it would be with that view (None: the conversation's own).
+    The conversation's view is moved on success; ContextOverflowError when even this turn alone cannot fit.
+    """
+    n_ctx = backend.context_size
+    if not n_ctx:
+        raise overflow
+    budget = n_ctx - max(reserve, 1)
+    trim = plan_trim(
+        conversation,
+        lambda view: backend.count_prompt_tokens(request_for(view)),
+        budget=budget - 1,
+        target=budget - 1 - n_ctx // 4,
+    )
+    tokens = backend.count_prompt_tokens(request_for(None)) if trim is None else trim.tokens
+    if tokens + 1 >= n_ctx:
+        raise ContextOverflowError(
+            f"{overflow} (the current turn alone does not fit, even with every earlier turn left out)"
+        ) from None
+    if trim is None:  # nothing earlier to leave out: the current turn takes the room
+        return Fit(
+            f"the prompt takes {tokens} of the {n_ctx}-token context: the answer may be cut short", tokens >= budget
+        )
+    conversation.hidden_before = trim.view.hidden_before
+    conversation.images_hidden_before = trim.view.images_hidden_before
+    dropped = []
+    if trim.images_dropped:
+        dropped.append(f"{trim.images_dropped} earlier image(s)")
+    if trim.turns_dropped:
+        dropped.append(f"the {trim.turns_dropped} oldest turn(s)")
+    return Fit(
+        f"the conversation outgrew the {n_ctx}-token context: {' and '.join(dropped)} left out of view "
+        f"(the prompt is now {tokens} tokens)",
+        tokens >= budget,
+    )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class ImageRef(BaseModel):
@@ -15,11 +16,29 @@ class ImageRef(BaseModel):
 
 
 class UsageInfo(BaseModel):
+    """Token and image counts: of one generation (a backend's Finished.usage), or of a whole run (Done.usage).
+
+    Over a run, prompt_tokens is the last step's prompt (how full the context got); every other count is the
+    sum over the run's steps.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt positions llama.cpp already held, not evaluated again
     images_encoded: int = 0
     images_cached: int = 0  # image embeddings taken from a cache (memory or disk) instead of encoded
+
+    def then(self, step: UsageInfo) -> UsageInfo:
+        """This run's usage followed by one more step's."""
+        return UsageInfo(
+            prompt_tokens=step.prompt_tokens,
+            completion_tokens=self.completion_tokens + step.completion_tokens,
+            cached_tokens=self.cached_tokens + step.cached_tokens,
+            images_encoded=self.images_encoded + step.images_encoded,
+            images_cached=self.images_cached + step.images_cached,
+        )
 
 
 class ErrorInfo(BaseModel):
@@ -63,6 +82,7 @@ class ToolResult(_Stamped):
     output: str
     truncated: bool = False
     seconds: float = 0.0
+    refused: str | None = None  # why the call was not run (policy, approval); None when the tool ran
 
 
 class Notice(_Stamped):
@@ -90,17 +110,26 @@ Event = Annotated[RunStarted | Token | ToolCall | ToolResult | Notice | Answer |
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+# Characters that str.splitlines() breaks lines at but JSON leaves raw inside strings (the ASCII ones JSON
+# escapes itself): escaped, a JSON-lines reader sees exactly one object per line.
+_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+
+
 def to_json(event: Event) -> str:
+    """One line of JSON: no character in it ends a line, a lone surrogate is written as U+FFFD."""
     from pydantic_core import PydanticSerializationError
 
     try:
-        return event.model_dump_json()
-    except PydanticSerializationError:  # a lone surrogate in some text: shown as U+FFFD, the line still written
+        line = event.model_dump_json()
+    except (PydanticSerializationError, UnicodeEncodeError):  # a lone surrogate (in a key too): U+FFFD
         import json
 
         from vision_agent.text import valid_values
 
-        return json.dumps(valid_values(event.model_dump(mode="json")), ensure_ascii=False, separators=(",", ":"))
+        # Cleaned before pydantic's JSON mode, which fails on a surrogate in a dict key too.
+        clean = type(event).model_validate(valid_values(event.model_dump()))
+        line = json.dumps(clean.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def from_json(line: str) -> Event:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from vision_agent.errors import StepFormatError
 from vision_agent.text import valid_values
@@ -42,6 +43,7 @@ class AnswerStep:
 
 
 Step = ToolStep | AnswerStep
+Part = Literal["thought", "answer"]
 
 
 def parse_step(text: str) -> Step:
@@ -99,13 +101,13 @@ class StepStreamer:
         self.newline_owed = False
         self.skip_space = False
 
-    def feed(self, text: str) -> list[tuple[str, str]]:
+    def feed(self, text: str) -> list[tuple[Part, str]]:
         out: list[tuple[str, str]] = []
         for char in text:
             self._char(char, out)
         return _merge(out)
 
-    def finish(self) -> list[tuple[str, str]]:
+    def finish(self) -> list[tuple[Part, str]]:
         out: list[tuple[str, str]] = []
         if self.pending:
             self._content(self.pending, out)
@@ -158,8 +160,8 @@ class StepStreamer:
         self.newline_owed = False
 
 
-def _merge(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    merged: list[tuple[str, str]] = []
+def _merge(pieces: list) -> list[tuple[Part, str]]:
+    merged: list[tuple[Part, str]] = []
     for part, text in pieces:
         if merged and merged[-1][0] == part:
             merged[-1] = (part, merged[-1][1] + text)
@@ -174,8 +176,9 @@ def _merge(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def step_grammar(tools: list, *, max_thought_chars: int = 300, max_argument_chars: int = 4000) -> str:
     """GBNF for one step: a one-line thought, then one of the tools with schema-valid JSON, or the answer.
 
-    With no tools it only admits a final answer (the step cap's last turn). The length bounds keep
-    a rambling model inside its token budget, where the step can still be completed.
+    With no tools it only admits a final answer (the step cap's last turn). The length bounds keep every
+    tool step finite, so that `step_token_budget` can give it the tokens to finish. An answer starts with
+    a visible character (a model that rambles in blanks cannot end with an empty answer).
     """
     from llama_cpp.llama_grammar import SchemaConverter
 
@@ -188,12 +191,79 @@ def step_grammar(tools: list, *, max_thought_chars: int = 300, max_argument_char
     lines = [
         'root ::= "Thought: " thought "\\n" ' + ("(action | answer)" if choices else "answer"),
         f"thought ::= [^\\n]{{1,{max_thought_chars}}}",
-        'answer ::= "Answer: " [^\\x00]+',
+        'answer ::= "Answer: " [^\\x00 \\t\\n\\r] [^\\x00]*',
     ]
     if choices:
         lines.append('action ::= "Action: " (' + " | ".join(choices) + ")")
     rules = converter.format_grammar()
-    # Bound every JSON string with GBNF's own repetition; a schema maxLength would expand into
-    # thousands of nested rules.
+    # Bound every JSON string with GBNF's own repetition (a schema maxLength would expand into thousands of
+    # nested rules), and leave out \\uXXXX escapes: a character is then at most two, which step_token_budget
+    # counts on. Characters that need no escape are still written as themselves.
+    rules = rules.replace(_CHAR_RULE, 'char ::= [^"\\\\] | "\\\\" ["\\\\/bfnrt]')
     rules = rules.replace('string ::= "\\"" char* "\\""', f'string ::= "\\"" char{{0,{max_argument_chars}}} "\\""')
     return "\n".join(lines) + "\n" + rules + "\n"
+
+
+_CHAR_RULE = 'char ::= [^"\\\\] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+# The most UTF-8 bytes of one character: a token adds at least one byte under the grammar, so a step of
+# B bytes needs at most B tokens.
+_BYTES_PER_CHAR = 4
+_NUMBER_CHARS = 40  # "-", 16 digits, ".", 16 digits, an exponent: what SchemaConverter's number rule allows
+
+
+def step_token_budget(tools: list, max_tokens: int, *, max_thought_chars: int, max_argument_chars: int) -> int:
+    """The tokens one step may take so that a step under `step_grammar` always parses when it ends.
+
+    The grammar bounds the thought and a tool call in characters; under a grammar a token adds at least one
+    byte, so the worst case in bytes is a bound in tokens. An answer parses once its first character is
+    written, and runs on to the budget like any answer. With no tools (the step cap's last step) only the
+    thought and that first character count. When a tool's arguments are unbounded (arrays, free-form
+    objects) no budget can promise a complete call: then only the answer branch is covered.
+    """
+    prefix = len("Thought: \n") + _BYTES_PER_CHAR * max_thought_chars
+    branch = len("Answer: ") + _BYTES_PER_CHAR
+    for tool in tools:
+        arguments = _json_chars(tool.parameters, max_argument_chars, depth=0)
+        if arguments is None:
+            continue
+        branch = max(branch, len("Action: \nInput: ") + len(tool.name.encode()) + arguments)
+    return max(max_tokens, prefix + branch)
+
+
+def _json_chars(schema: object, string_chars: int, depth: int) -> int | None:
+    """The most bytes a JSON value of `schema` can take under the grammar (spaces are one " " at most)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    space = 1
+    if "const" in schema or "enum" in schema:
+        values = schema.get("enum", [schema.get("const")])
+        return max((len(json.dumps(v).encode()) for v in values), default=0) + space
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return _largest([_json_chars(s, string_chars, depth + 1) for s in schema[key]])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return _largest([_json_chars({**schema, "type": k}, string_chars, depth + 1) for k in kind])
+    if kind == "string":
+        return 2 + _BYTES_PER_CHAR * string_chars + space  # a character, or an escape of two bytes
+    if kind in ("integer", "number"):
+        return _NUMBER_CHARS + space
+    if kind == "boolean":
+        return len("false") + space
+    if kind == "null":
+        return len("null") + space
+    if kind == "object" and schema.get("additionalProperties") is False:
+        total = 2 + 2 * space
+        for name, value in (schema.get("properties") or {}).items():
+            size = _json_chars(value, string_chars, depth + 1)
+            if size is None:
+                return None
+            total += len(json.dumps(name).encode()) + 2 * space + 2 + size
+        return total
+    return None
+
+
+def _largest(sizes: list[int | None]) -> int | None:
+    """The largest of the alternatives' bounds; None when any of them is unbounded."""
+    bounded = [s for s in sizes if s is not None]
+    return None if len(bounded) < len(sizes) else max(bounded, default=0)

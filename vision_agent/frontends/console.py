@@ -1,9 +1,12 @@
-"""One-shot `ask`: the answer streams to stdout; thoughts, tool calls and diagnostics go to stderr.
+"""The terminal side of `ask`: reading the prompt and attachments, signals, the approver on the terminal, and
+the worker thread that keeps the main thread free for signals. The run itself is a Session's (sessions/), its
+rendering frontends.render's.
 
-With --json every event goes to stdout as one JSON line. SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel the
-run: it still ends with `done` (cancelled) within a second, and the exit code says which signal
-(130, 143, 129). A second signal quits at once. Everything shown comes through vision_agent.frontends.terminal:
-text from the model, a tool or a file never acts on the terminal.
+The answer streams to stdout; thoughts, tool calls and diagnostics go to stderr. With --json every event goes
+to stdout as one JSON line. SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel the run: it still ends with `done`
+(cancelled) within a second, and the exit code says which signal (130, 143, 129). A second signal quits at
+once. Everything shown comes through vision_agent.frontends.terminal: text from the model, a tool or a file
+never acts on the terminal.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vision_agent.config import Settings
-from vision_agent.core.events import Done, Event, Notice, Token, ToolCall, ToolResult, UsageInfo, to_json
+from vision_agent.core.events import Done, Event, Token, ToolCall, UsageInfo
 from vision_agent.core.messages import ImagePart
 from vision_agent.errors import EXIT_INTERRUPTED, ConfigError, ContextOverflowError
-from vision_agent.frontends.terminal import safe, safe_json, safe_line
+from vision_agent.frontends.render import try_write as _try_write
+from vision_agent.frontends.render import write_events
+from vision_agent.frontends.terminal import safe_line
+
+if TYPE_CHECKING:
+    from vision_agent.core.agent import Approver
 
 # Read at most this much of a prompt from stdin: a model's context is far smaller, and memory is finite.
 MAX_PROMPT_BYTES = 8 * 1024 * 1024
@@ -32,39 +40,27 @@ CANCEL_GRACE_S = 0.8
 
 
 def ask(args: argparse.Namespace, settings: Settings) -> int:
-    from vision_agent.core.messages import Conversation
-    from vision_agent.tooling import apply_tool_flags, build_registry
+    """One turn through a Session: a new conversation, or the one -c / --cid names; the answer rendered."""
+    from vision_agent.tooling import apply_tool_flags
 
     images = load_attachments(args.attach, settings)  # before the model loads: bad input fails fast
     stdin_used = "-" in args.attach
     prompt = read_prompt(args.prompt, stdin_taken=stdin_used)
     settings.tools = apply_tool_flags(settings.tools, args.tools, args.no_tools, args.tool_policy or [])
-    registry = build_registry(settings)
-    conversation = Conversation()
-    if args.continue_conversation:
-        from vision_agent.history import load_last
-
-        loaded = load_last(limits=settings.images)
-        conversation = loaded.conversation
-        for problem in loaded.problems:
-            print(f"vision-agent: note: {safe_line(problem)}", file=sys.stderr)
+    conversation = which_conversation(settings, latest=args.continue_conversation, ref=args.cid)
     interactive = not args.json and not stdin_used and sys.stdin.isatty() and sys.stderr.isatty()
     approver = terminal_approver() if interactive else None
     cancel = threading.Event()
 
     def run() -> Iterator[Event]:
-        # Loaded in the worker too, so that a signal during a long load is still answered at once.
-        from vision_agent.backends.factory import make_backend
-        from vision_agent.catalog import resolve_model
-        from vision_agent.core.agent import Agent
+        # The model loads in the worker, so that a signal during a long load is still answered at once.
+        from vision_agent.sessions import Session
 
-        backend = make_backend(resolve_model(settings.model), settings.model)
+        session = Session.open(settings)
         try:
-            yield from Agent(backend, settings, registry, approver=approver).stream(
-                prompt, images, conversation, cancel
-            )
+            yield from session.run(prompt, images, conversation=conversation, cancel=cancel, approver=approver)
         finally:
-            backend.close()
+            session.close()
 
     with SignalCancel(cancel) as signals:
         worker = Background(run, cancel)
@@ -73,11 +69,22 @@ def ask(args: argparse.Namespace, settings: Settings) -> int:
         code = 128 + signals.received
     if worker.abandoned:  # stuck in llama.cpp: do not wait for it, nor let interpreter shutdown meet it
         quit_now(code)
-    if code == 0:
-        from vision_agent.history import save_last
-
-        save_last(conversation)  # StoreError (14) says so; the answer was shown already
     return code
+
+
+def which_conversation(settings: Settings, *, latest: bool, ref: str | None) -> str | None:
+    """The id of the conversation to continue: the latest (-c), the one `ref` names (--cid), or None (new)."""
+    if not latest and ref is None:
+        return None
+    from vision_agent.sessions.store import Store
+
+    with Store.open(settings.store.path, limits=settings.images) as store:
+        if ref is not None:
+            return store.resolve(ref)
+        found = store.latest()
+    if found is None:
+        raise ConfigError("no previous conversation to continue (-c): ask something without -c first")
+    return found
 
 
 def load_attachments(paths: list[str], settings: Settings) -> list[ImagePart]:
@@ -132,12 +139,12 @@ def _valid_text(data: bytes, what: str) -> str:
     return text
 
 
-def terminal_approver(err: TextIO = sys.stderr, answers: TextIO = sys.stdin):
-    """Asks on the terminal before a tool under the `ask` policy runs."""
+def terminal_approver(err: TextIO = sys.stderr, answers: TextIO = sys.stdin) -> Approver:
+    """Asks on the terminal before a tool under the `ask` policy runs; it receives the ToolCall event."""
 
-    def approve(tool: str, arguments: dict) -> bool:
-        shown = safe_line(json.dumps(arguments, ensure_ascii=False))
-        err.write(f"\nvision-agent: run {safe_line(tool)} {shown[:400]}? [y/N] ")
+    def approve(call: ToolCall) -> bool:
+        shown = safe_line(json.dumps(call.arguments, ensure_ascii=False))
+        err.write(f"\nvision-agent: run {safe_line(call.tool)} {shown[:400]}? [y/N] ")
         err.flush()
         return answers.readline().strip().lower() in ("y", "yes")
 
@@ -221,6 +228,8 @@ class Background:
         threading.Thread(target=work, name="agent", daemon=True).start()
         cancelled_at = None
         completion_tokens = 0
+        done_seen = False  # after its done, a run still winding down (saving state) is only waited for
+        stamp: dict = {}  # the run's ids, for a done written on its behalf
         while True:
             if self.cancel.is_set() and cancelled_at is None:
                 cancelled_at = time.monotonic()
@@ -229,7 +238,10 @@ class Background:
             except queue.Empty:
                 if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
                     self.abandoned = True
-                    yield Done(status="cancelled", usage=UsageInfo(completion_tokens=completion_tokens))
+                    if done_seen:
+                        return
+                    usage = UsageInfo(completion_tokens=completion_tokens)
+                    yield Done(status="cancelled", usage=usage, **stamp)
                     return
                 continue
             if event is end:
@@ -238,107 +250,6 @@ class Background:
                 raise event
             if isinstance(event, Token):
                 completion_tokens += 1
+            done_seen = done_seen or isinstance(event, Done)
+            stamp = {"run_id": event.run_id, "conversation_id": event.conversation_id}
             yield event
-
-
-def write_events(events: Iterable[Event], out: TextIO, err: TextIO, *, json_lines: bool) -> int:
-    """Render the stream; return the exit code its final `done` implies."""
-    view = _JsonView(out) if json_lines else _TextView(out, err)
-    exit_code = 0
-    for event in events:
-        view.show(event)
-        if isinstance(event, Done):
-            exit_code = _exit_code(event)
-            if not json_lines:
-                view.finish(event)
-    return exit_code
-
-
-def _exit_code(done: Done) -> int:
-    if done.status == "cancelled":
-        return EXIT_INTERRUPTED
-    return done.error.exit_code if done.error is not None else 0
-
-
-def _try_write(stream: TextIO, text: str) -> bool:
-    """Write and flush; False when the stream is gone (a closed pipe, a hung-up terminal)."""
-    try:
-        stream.write(text)
-        stream.flush()
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-class _JsonView:
-    def __init__(self, out: TextIO):
-        self.out = out
-
-    def show(self, event: Event) -> None:
-        # JSON escapes control characters itself; safe_json escapes the few it leaves raw (C1, bidi).
-        _try_write(self.out, safe_json(to_json(event)) + "\n")
-
-
-class _TextView:
-    """Answer text on stdout; the agent's working (thoughts, calls, results) on stderr."""
-
-    def __init__(self, out: TextIO, err: TextIO):
-        self.out, self.err = out, err
-        self.wrote_answer = False
-        self.err_mid_line = False
-        self.dim = _isatty(err)
-
-    def show(self, event: Event) -> None:
-        if isinstance(event, Token):
-            if event.part == "answer":
-                if self.err_mid_line:
-                    self._line("")
-                _try_write(self.out, safe(event.text))
-                self.wrote_answer = True
-            else:
-                if not self.err_mid_line:
-                    self._err("thought: ")
-                self._err(safe(event.text), dim=True)
-                self.err_mid_line = True
-        elif isinstance(event, ToolCall):
-            arguments = safe_line(json.dumps(event.arguments, ensure_ascii=False))
-            self._line(f"→ {safe_line(event.tool)} {arguments[:300]}")
-        elif isinstance(event, ToolResult):
-            lines = event.output.splitlines() or [""]
-            more = f" (+{len(lines) - 6} lines)" if len(lines) > 6 else ""
-            status = "ok" if event.ok else "error"
-            body = "\n  ".join(safe_line(line[:200]) for line in lines[:6])
-            self._line(f"← {safe_line(event.tool)} {status} ({event.seconds:.2f} s): {body}{more}")
-        elif isinstance(event, Notice):
-            self._line(f"vision-agent: note: {safe(event.message)}")
-
-    def finish(self, done: Done) -> None:
-        if self.wrote_answer:
-            _try_write(self.out, "\n")
-        if done.status == "max_steps":
-            self._line(
-                f"vision-agent: the step limit was reached after {done.steps - 1} steps; answered without more tools"
-            )
-        elif done.status == "cancelled":
-            self._line("vision-agent: cancelled")
-        elif done.error is not None:
-            self._line(f"vision-agent: {safe(done.error.message)}")
-        elif self.err_mid_line:
-            self._line("")
-
-    def _line(self, text: str) -> None:
-        if self.err_mid_line:
-            _try_write(self.err, "\n")
-            self.err_mid_line = False
-        if text:
-            _try_write(self.err, text + "\n")
-
-    def _err(self, text: str, dim: bool = False) -> None:
-        _try_write(self.err, f"\x1b[2m{text}\x1b[0m" if dim and self.dim else text)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (OSError, ValueError):
-        return False

@@ -21,12 +21,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vision_agent.tooling.plugins import load_tools, tool_dirs, tools_in_module
     from vision_agent.tooling.registry import ToolRegistry, apply_tool_flags, build_registry
-    from vision_agent.tooling.types import FunctionTool, Tool, ToolContext
+    from vision_agent.tooling.runner import call_with_deadline, run_tool
+    from vision_agent.tooling.types import FunctionTool, Tool, ToolContext, ToolOutcome
 
 _HOMES = {
     "Tool": "types",
     "ToolContext": "types",
     "FunctionTool": "types",
+    "ToolOutcome": "types",
+    "call_with_deadline": "runner",
+    "run_tool": "runner",
     "ToolRegistry": "registry",
     "build_registry": "registry",
     "apply_tool_flags": "registry",
@@ -38,6 +42,9 @@ __all__ = [
     "Tool",
     "ToolContext",
     "FunctionTool",
+    "ToolOutcome",
+    "call_with_deadline",
+    "run_tool",
     "ToolRegistry",
     "build_registry",
     "apply_tool_flags",

@@ -1,4 +1,4 @@
-"""The tool types: the Tool protocol, the ToolContext a tool receives, and FunctionTool (a tool made from
+"""The tool types: the Tool protocol, the ToolContext a tool receives, ToolOutcome, and FunctionTool (a tool made from
 a plain typed function: its name, its docstring as the description, its annotations as the schema)."""
 
 from __future__ import annotations
@@ -27,6 +27,22 @@ class ToolContext:
     @property
     def image(self) -> ImagePart | None:
         return self.images[-1] if self.images else None
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    """What became of one tool call.
+
+    `refused` says why the call was never run (its policy, the user's approval); a tool that ran and
+    failed, its own refusals included (the calculator's "refused: the result would have … digits"), is
+    `ok=False` with `refused=None`: its output is the tool's error for the model to read.
+    """
+
+    ok: bool
+    output: str
+    refused: str | None = None
+    truncated: bool = False
+    seconds: float = 0.0
 
 
 class Tool(Protocol):

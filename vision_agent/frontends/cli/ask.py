@@ -1,4 +1,4 @@
-"""`vision-agent ask`: its flags; the run itself (rendering, signals, history) is frontends.console."""
+"""`vision-agent ask`: its flags; the run goes through a Session (sessions/), its terminal side is frontends.console."""
 
 from __future__ import annotations
 
@@ -24,8 +24,18 @@ def register(commands, common: argparse.ArgumentParser, model: argparse.Argument
         "-a", "--attach", action="append", default=[], metavar="IMAGE", help="image file, or - for stdin; repeatable"
     )
     ask.add_argument("--system", metavar="TEXT", help='system prompt, "" for none (default: prompts/system.txt)')
-    ask.add_argument(
-        "-c", "--continue", dest="continue_conversation", action="store_true", help="continue the last conversation"
+    which = ask.add_mutually_exclusive_group()
+    which.add_argument(
+        "-c",
+        "--continue",
+        dest="continue_conversation",
+        action="store_true",
+        help="continue the latest conversation (default: start a new one)",
+    )
+    which.add_argument(
+        "--cid",
+        metavar="ID",
+        help="continue this conversation: its id, an id prefix or a unique title prefix (default: a new one)",
     )
     tools = ask.add_argument_group("tools")
     tools.add_argument("--tools", metavar="LIST", help="only these tools, comma-separated (e.g. calculator,web_search)")

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from vision_agent.errors import ConfigError, ToolError
     from vision_agent.frontends.console import load_attachments
     from vision_agent.frontends.terminal import safe, safe_line
-    from vision_agent.text import valid_text
     from vision_agent.tooling import ToolContext, build_registry
+    from vision_agent.tooling.runner import MAX_RESULT_CAPTURE, run_tool
 
     registry = build_registry(settings)
     name, arguments = args.call(args)
@@ -59,15 +59,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if tool is None:
         raise ConfigError(f"unknown tool {name!r}; available: {', '.join(sorted(registry.tools))}")
     images = load_attachments(getattr(args, "attach", []), settings)
-    try:
-        result = tool.run(arguments, ToolContext(images=images, settings=settings.tools))
-    except ToolError as exc:
-        print(f"vision-agent: {name}: {safe_line(str(exc))}", file=sys.stderr)
+    # The same call as the agent's: under tools.timeout_s, a plugin's exception or exit() is a tool failure.
+    context = ToolContext(images=images, settings=settings.tools)
+    outcome = run_tool(tool, arguments, context, settings.tools.timeout_s, max_chars=MAX_RESULT_CAPTURE)
+    if not outcome.ok:
+        print(f"vision-agent: {name}: {safe_line(outcome.output)}", file=sys.stderr)
         return ToolError.exit_code
-    except (Exception, SystemExit) as exc:  # a plugin that raises (or exits) failed as a tool: exit 12, not 1
-        print(f"vision-agent: {name}: the tool failed: {safe_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
-        return ToolError.exit_code
-    print(safe(valid_text(result if isinstance(result, str) else str(result))))
+    print(safe(outcome.output))
     return 0
 
 
