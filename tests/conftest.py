@@ -12,6 +12,15 @@ from tests.helpers import png_bytes
 from vision_agent.catalog.demo_model import DemoShape, write_demo_pair
 
 
+@pytest.fixture(autouse=True)
+def _no_user_dirs(tmp_path_factory, monkeypatch):
+    """In-process code (backends, the store) never touches the developer's own cache, data or config dirs, and
+    each test starts as a new user would: no image embeddings on disk from another test."""
+    home = tmp_path_factory.mktemp("user-dirs")
+    for name in ("XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+
+
 @pytest.fixture(scope="session")
 def demo_pair(tmp_path_factory) -> tuple[Path, Path]:
     return write_demo_pair(tmp_path_factory.mktemp("demo"))
@@ -39,6 +48,8 @@ def make_backend(demo_pair):
 
     def make(pair=None, *, chat_format: str = "auto", embedding_cache=None, **settings) -> LlamaCppBackend:
         text, mmproj = pair or demo_pair
+        # The on-disk embedding tier outlives a backend; a test turns it on when it is what it tests.
+        settings.setdefault("embedding_cache_mb", 0)
         model = ResolvedModel(text=text, mmproj=mmproj, chat_format=chat_format)
         backend = LlamaCppBackend(model, ModelSettings(**settings), embedding_cache)
         opened.append(backend)

@@ -6,6 +6,7 @@ Built once in the entry point and passed down. Unknown keys anywhere are an erro
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -199,9 +200,9 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
 def read_toml(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
     """A TOML file of at most `max_bytes`, UTF-8: anything else (a device, a FIFO, a directory, a loop of
     symlinks, binary data) is a ConfigError with the reason, never a hang or a traceback."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # Python 3.10
         import tomli as tomllib
     text = read_text_file(path, max_bytes, what="config file", error=ConfigError)
     try:

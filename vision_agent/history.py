@@ -16,6 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -147,8 +148,8 @@ def _rebuild(stored: _Stored, images: Path, limits: ImageSettings) -> Loaded:
     dropped = 0
     ends = [*starts[1:], len(messages)] if starts else []  # an empty conversation has no turns
     for begin, end in zip(starts, ends, strict=True):
-        turn = messages[begin:end]
-        if not turn or any(m is None for m in turn):
+        turn = [m for m in messages[begin:end] if m is not None]
+        if not turn or len(turn) != end - begin:  # empty, or a message could not be rebuilt
             dropped += 1
             continue
         conversation.add_turn(turn)
@@ -167,7 +168,7 @@ def _rebuild(stored: _Stored, images: Path, limits: ImageSettings) -> Loaded:
 
 def stored_message(raw: object, images: Path, budget: ImageBudget, cache: dict) -> Message:
     message = _StoredMessage.model_validate(raw)
-    parts = []
+    parts: list[TextPart | ImagePart] = []
     for part in message.parts:
         if part.get("type") == "image":
             image = _StoredImage.model_validate(part)
@@ -221,7 +222,7 @@ def _turn_starts(raw: object, n_messages: int, messages: list) -> list[int]:
     return found
 
 
-def _index(value: object, length: int) -> bool:
+def _index(value: object, length: int) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= length
 
 

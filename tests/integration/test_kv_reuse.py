@@ -13,7 +13,7 @@ from vision_agent.core.images import read_image_file
 from vision_agent.core.messages import Message
 
 LIMITS = {"max_bytes": 10**8, "max_pixels": 10**8}
-CACHING_OFF = {"kv_reuse": False, "image_cache_mb": 0, "state_cache_mb": 0}
+CACHING_OFF = {"kv_reuse": False, "image_cache_mb": 0, "embedding_cache_mb": 0, "state_cache_mb": 0}
 
 
 @pytest.fixture(params=[True, False], ids=["answer-tokens", "retokenised-answers"])
@@ -146,7 +146,7 @@ def test_shared_embedding_cache_between_backends(make_backend, images):
 def test_image_cache_bound_evicts_least_recently_used(make_backend, images):
     red, blue = images
     one_image = 16 * 64 * 4  # the demo projector: 16 tokens of width 64, float32
-    backend = make_backend(n_ctx=2048, kv_reuse=False, image_cache_mb=0)
+    backend = make_backend(n_ctx=2048, kv_reuse=False, image_cache_mb=0, embedding_cache_mb=0)  # memory only
     backend._evaluator.embeddings.max_bytes = one_image  # room for exactly one embedding
     assert run(backend, [Message.user("A", [red])])[2].images_encoded == 1
     assert run(backend, [Message.user("B", [red])])[2].images_cached == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vision_agent.backends.llama_cpp.caches import ByteBoundedLRU, PositionKeys, Snapshot, SnapshotStore, common_prefix
 
 
@@ -44,3 +46,15 @@ def test_position_keys_name_images_apart_from_tokens():
     assert all(k < 0 for k in red + blue) and len(set(red + blue)) == 6
     assert keys.image("red", 3) == red
     assert common_prefix([1, 2, *red], [1, 2, *blue]) == 2
+
+
+def test_position_keys_travel_to_another_process_by_image_name():
+    ours, theirs = PositionKeys(), PositionKeys()
+    theirs.image("other:4", 4)  # the other process numbered another image first
+    keys = [5, *ours.image("a:2", 2), 6, *ours.image("b:3", 3), *ours.image("a:2", 2)]
+    names, portable = ours.to_portable(keys)
+    assert names == ["a:2", "b:3"]
+    back = theirs.from_portable(names, portable)
+    assert back == [5, *theirs.image("a:2", 2), 6, *theirs.image("b:3", 3), *theirs.image("a:2", 2)]
+    with pytest.raises(ValueError):  # an image index beyond the names
+        theirs.from_portable(["a:2"], [-(7 << 24)])

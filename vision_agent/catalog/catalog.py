@@ -40,6 +40,12 @@ class ResolvedModel:
             return f"replay:{self.replay_script}"
         return self.entry.name if self.entry else str(self.text)
 
+    @property
+    def pair(self) -> tuple[Path, Path]:
+        """The text model and its projector: resolve_model sets both unless it resolved a replay script."""
+        assert self.text is not None and self.mmproj is not None, "a replay script has no model files"
+        return self.text, self.mmproj
+
 
 def load_catalog(path: Path | None = None) -> dict[str, CatalogEntry]:
     raw = read_toml(path or data_path("models/catalog.toml"))

@@ -12,8 +12,10 @@ import math
 import mmap
 import os
 import struct
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NoReturn, overload
 
 from vision_agent.errors import ModelFileError
 from vision_agent.files import open_regular
@@ -79,7 +81,7 @@ class KeyValue:
     type: int  # a value type, or ARRAY
     elem: int | None = None  # element type of an array
     count: int = 1
-    value: object = None  # scalars: the value; strings: bytes (None when longer than MAX_VALUE_BYTES)
+    value: int | float | bytes | None = None  # scalars: the value; strings: bytes (None past MAX_VALUE_BYTES)
     offset: int = 0  # where the value (an array's first element, a string's bytes) starts
 
 
@@ -99,7 +101,7 @@ class _Cursor:
     def __init__(self, buf, where: str):
         self.buf, self.pos, self.end, self.where = buf, 0, len(buf), where
 
-    def fail(self, message: str):
+    def fail(self, message: str) -> NoReturn:
         raise ModelFileError(f"{self.where}: {message}")
 
     def need(self, n: int, what: str) -> None:
@@ -137,7 +139,7 @@ class GGUFFile:
         self.data_offset = 0
         self._parse()
 
-    def fail(self, message: str):
+    def fail(self, message: str) -> NoReturn:
         raise ModelFileError(f"{self.where}: {message}")
 
     # structure
@@ -176,9 +178,10 @@ class GGUFFile:
             self.kvs[key] = kv
         alignment = self.kvs.get("general.alignment")
         if alignment is not None:
-            if alignment.type != U32 or not 0 < alignment.value <= 1 << 20 or alignment.value & (alignment.value - 1):
+            value = alignment.value
+            if alignment.type != U32 or not isinstance(value, int) or not 0 < value <= 1 << 20 or value & (value - 1):
                 self.fail("general.alignment must be a u32 power of two")
-            self.alignment = alignment.value
+            self.alignment = value
         names: set[str] = set()
         for index in range(n_tensors):
             tensor = self._tensor_info(c, index)
@@ -198,7 +201,7 @@ class GGUFFile:
             value = bytes(self.buf[start : start + length]) if length <= MAX_VALUE_BYTES else None
             return KeyValue(STRING, value=value, count=length, offset=start)
         if type_code != ARRAY:
-            fmt = VALUE_TYPES[type_code][1]
+            fmt = _fixed_format(type_code)
             offset = c.pos
             return KeyValue(type_code, value=c.unpack(fmt, f"value of {show(key)}"), offset=offset)
         elem = c.unpack("<I", f"element type of {show(key)}")
@@ -214,7 +217,7 @@ class GGUFFile:
                 self.fail(f"array {show(key)} claims {count:,} strings, more than the file can hold or the limit")
             c.pos = _skip_strings(c, count, show(key))
         else:
-            size = struct.calcsize(VALUE_TYPES[elem][1])
+            size = struct.calcsize(_fixed_format(elem))
             if count > MAX_ARRAY_ITEMS or count * size > c.end - c.pos:
                 self.fail(f"array {show(key)} claims {count:,} items, more than the file can hold")
             c.pos += count * size
@@ -264,10 +267,14 @@ class GGUFFile:
 
     def type_name(self, key: str) -> str:
         kv = self.kvs[key]
-        if kv.type == ARRAY:
+        if kv.type == ARRAY and kv.elem is not None:
             return f"array of {VALUE_TYPES[kv.elem][0]}"
         return VALUE_TYPES[kv.type][0]
 
+    @overload
+    def string(self, key: str, *, required: Literal[True], max_bytes: int = ...) -> str: ...
+    @overload
+    def string(self, key: str, *, required: bool = False, max_bytes: int = ...) -> str | None: ...
     def string(self, key: str, *, required: bool = False, max_bytes: int = MAX_VALUE_BYTES) -> str | None:
         kv = self.kvs.get(key)
         if kv is None:
@@ -276,11 +283,19 @@ class GGUFFile:
             return None
         if kv.type != STRING:
             self.fail(f"{key} must be a string, not {self.type_name(key)}")
-        if kv.value is None or kv.count > max_bytes:
+        if not isinstance(kv.value, bytes) or kv.count > max_bytes:
             self.fail(f"{key} is {kv.count:,} bytes long (the limit is {max_bytes:,})")
         return decode_text(kv.value, key, self.fail)
 
-    def integer(self, key: str, lo: int, hi: int, *, default: int | None = None, types=INTEGER_TYPES) -> int | None:
+    @overload
+    def integer(self, key: str, lo: int, hi: int, *, default: int, types: Collection[int] = ...) -> int: ...
+    @overload
+    def integer(
+        self, key: str, lo: int, hi: int, *, default: None = None, types: Collection[int] = ...
+    ) -> int | None: ...
+    def integer(
+        self, key: str, lo: int, hi: int, *, default: int | None = None, types: Collection[int] = INTEGER_TYPES
+    ) -> int | None:
         """An integer scalar in [lo, hi]; `types` restricts the value types llama.cpp accepts for it."""
         kv = self.kvs.get(key)
         if kv is None:
@@ -288,19 +303,23 @@ class GGUFFile:
         if kv.type not in types:
             wanted = " or ".join(sorted(VALUE_TYPES[t][0] for t in types))
             self.fail(f"{key} must be {wanted}, not {self.type_name(key)}")
-        if not lo <= kv.value <= hi:
-            self.fail(f"{key} = {kv.value} is out of range ({lo}..{hi})")
-        return kv.value
+        value = kv.value
+        assert isinstance(value, int), "integer value types unpack to int"
+        if not lo <= value <= hi:
+            self.fail(f"{key} = {value} is out of range ({lo}..{hi})")
+        return value
 
-    def number(self, key: str, *, types=(F32,)) -> float | None:
+    def number(self, key: str, *, types: Collection[int] = (F32,)) -> float | None:
         kv = self.kvs.get(key)
         if kv is None:
             return None
         if kv.type not in types:
             self.fail(f"{key} must be {'/'.join(VALUE_TYPES[t][0] for t in types)}, not {self.type_name(key)}")
-        if not math.isfinite(kv.value):
-            self.fail(f"{key} = {kv.value} is not a finite number")
-        return kv.value
+        value = kv.value
+        assert isinstance(value, (int, float)), "numeric value types unpack to int or float"
+        if not math.isfinite(value):
+            self.fail(f"{key} = {value} is not a finite number")
+        return value
 
     def boolean(self, key: str) -> bool | None:
         kv = self.kvs.get(key)
@@ -310,17 +329,17 @@ class GGUFFile:
             self.fail(f"{key} must be bool, not {self.type_name(key)}")
         return bool(kv.value)
 
-    def array(self, key: str, elem_types, *, max_items: int = 1 << 20) -> list | None:
+    def array(self, key: str, elem_types: Collection[int], *, max_items: int = 1 << 20) -> list | None:
         """A fixed-size-element array as a list (at most `max_items`, read only when asked)."""
         kv = self.kvs.get(key)
         if kv is None:
             return None
-        if kv.type != ARRAY or kv.elem not in elem_types:
+        if kv.type != ARRAY or kv.elem is None or kv.elem not in elem_types:
             wanted = "/".join(VALUE_TYPES[t][0] for t in elem_types)
             self.fail(f"{key} must be an array of {wanted}, not {self.type_name(key)}")
         if kv.count > max_items:
             self.fail(f"{key} has {kv.count:,} items (the limit is {max_items:,})")
-        fmt = VALUE_TYPES[kv.elem][1]
+        fmt = _fixed_format(kv.elem)
         values = list(struct.unpack_from(f"<{kv.count}{fmt[1]}", self.buf, kv.offset))
         if kv.elem == F32 and not all(math.isfinite(v) for v in values):
             self.fail(f"{key} holds a value that is not a finite number")
@@ -333,13 +352,14 @@ class GGUFFile:
             return default
         if kv.type == ARRAY:
             values = self.array(key, INTEGER_TYPES - {10, 11}, max_items=MAX_LAYERS)
+            assert values is not None, "the key exists"
             if len(values) != n:
                 self.fail(f"{key} has {len(values)} items, expected one per layer ({n})")
             for value in values:
                 if not lo <= value <= hi:
                     self.fail(f"{key} holds {value}, out of range ({lo}..{hi})")
             return values
-        return [self.integer(key, lo, hi)] * n
+        return [self.integer(key, lo, hi, default=0)] * n  # the key exists: the default is never used
 
     def strings(self, key: str) -> list[bytes]:
         """Every string of a string array (callers bound the count first)."""
@@ -372,7 +392,14 @@ def _skip_strings(c: _Cursor, count: int, what: str) -> int:
     return pos
 
 
-def decode_text(data, what: str, fail) -> str:
+def _fixed_format(type_code: int) -> str:
+    """The struct format of a fixed-size value type (callers have ruled out strings and arrays)."""
+    fmt = VALUE_TYPES[type_code][1]
+    assert fmt is not None, f"value type {type_code} has no fixed size"
+    return fmt
+
+
+def decode_text(data: bytes | memoryview, what: str, fail: Callable[[str], NoReturn]) -> str:
     try:
         return bytes(data).decode("utf-8")
     except UnicodeDecodeError:

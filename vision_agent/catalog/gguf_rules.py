@@ -7,7 +7,7 @@ llama-vocab.cpp, src/models/*.cpp, tools/mtmd/clip.cpp); each refusal is a Model
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 from vision_agent.catalog.gguf_reader import (
     ARRAY,
@@ -170,6 +170,7 @@ def _check_rope_sections(g: GGUFFile, a: str, arch: str, n_rot: int) -> None:
             g.fail(f"{key} is missing")
         return
     sections = g.array(key, {I32, U32}, max_items=4)
+    assert sections is not None, "the key exists"
     if len(sections) != 4 or any(not 0 <= x <= n_rot for x in sections) or not any(sections[:3]):
         g.fail(f"{key} must be 4 non-negative sizes, one of the first three above 0")
 
@@ -206,8 +207,8 @@ def _check_vocabulary(g: GGUFFile, s: GGUFSummary) -> None:
         if token in seen:
             g.fail(f"{key}: token {index} {show(token.decode('utf-8', 'backslashreplace'))} appears twice")
         seen.add(token)
-    types = g.array("tokenizer.ggml.token_type", {I32}, max_items=MAX_VOCAB + (1 << 16)) or []
-    for index, token_type in enumerate(types[:n_vocab]):
+    token_types = g.array("tokenizer.ggml.token_type", {I32}, max_items=MAX_VOCAB + (1 << 16)) or []
+    for index, token_type in enumerate(token_types[:n_vocab]):
         text = tokens[index]
         if token_type == _BYTE_TOKEN and not (
             len(text) == 6
@@ -327,7 +328,7 @@ def check_projector(g: GGUFFile, s: GGUFSummary) -> None:
         kv = g.kvs.get(key)
         if kv is not None and kv.type != type_code:
             g.fail(f"{key} must be {VALUE_TYPES[type_code][0]}, not {g.type_name(key)}")
-        if kv is not None and type_code == U32 and kv.value > _INT32_MAX:
+        if kv is not None and type_code == U32 and isinstance(kv.value, int) and kv.value > _INT32_MAX:
             g.fail(f"{key} = {kv.value} is out of range")
     for key in _CLIP_INT_ARRAYS:
         g.array(key, {I32}, max_items=4096)
@@ -342,7 +343,7 @@ def check_projector(g: GGUFFile, s: GGUFSummary) -> None:
     if kind not in _PROJECTORS:
         g.fail(f"clip.projector_type {show(kind)} is not a projector llama.cpp knows")
     s.projector_type = kind
-    n_embd, n_layer = _check_encoder(g, "vision", "v")
+    n_embd, n_head, n_layer = _check_encoder(g, "vision", "v")
     s.projection_dim = g.integer("clip.vision.projection_dim", 0, 1 << 20) or None
     image = g.integer("clip.vision.image_size", 1, 8192)
     patch = g.integer("clip.vision.patch_size", 1, 8192)
@@ -355,21 +356,21 @@ def check_projector(g: GGUFFile, s: GGUFSummary) -> None:
         values = g.array(key, {F32}, max_items=16)
         if values is None or len(values) < 3:
             g.fail(f"{key} must hold 3 numbers (one per colour channel)")
-    if any(v == 0 for v in g.array("clip.vision.image_std", {F32})[:3]):
-        g.fail("clip.vision.image_std must not be 0")
+        if key == "clip.vision.image_std" and any(v == 0 for v in values[:3]):
+            g.fail("clip.vision.image_std must not be 0")
     _check_vision_options(g, kind, n_layer, patch)
     if kind != "gemma3nv":
         _check_layers(g, "v", n_embd, n_layer)
     if kind in ("mlp", "mlp_norm"):
-        s.projection_dim = _check_llava(g, n_embd, n_layer, image, patch)
+        s.projection_dim = _check_llava(g, n_embd, n_head, n_layer, image, patch)
 
 
 def _is(g: GGUFFile, kind: str) -> bool:
     return kind in (g.string("clip.projector_type", max_bytes=64), g.string("clip.vision.projector_type", max_bytes=64))
 
 
-def _check_encoder(g: GGUFFile, modality: str, prefix: str) -> tuple[int, int]:
-    """The transformer sizes every clip graph divides by (head size = width / heads)."""
+def _check_encoder(g: GGUFFile, modality: str, prefix: str) -> tuple[int, int, int]:
+    """The transformer sizes every clip graph divides by (head size = width / heads): (width, heads, layers)."""
     p = f"clip.{modality}."
     n_embd = g.integer(p + "embedding_length", 1, 1 << 16)
     n_head = g.integer(p + "attention.head_count", 1, 1 << 12)
@@ -397,7 +398,7 @@ def _check_encoder(g: GGUFFile, modality: str, prefix: str) -> tuple[int, int]:
                 g.fail("clip.audio.subsampling_factor must be 8 and conv_kernel_size odd for a parakeet projector")
         if kind == "granite_speech" and g.integer("clip.audio.chunk_size", 1, 8192) is None:
             g.fail("clip.audio.chunk_size is required (1..8192)")
-    return n_embd, n_layer
+    return n_embd, n_head, n_layer
 
 
 def _check_vision_options(g: GGUFFile, kind: str, n_layer: int, patch: int) -> None:
@@ -421,6 +422,10 @@ def _check_vision_options(g: GGUFFile, kind: str, n_layer: int, patch: int) -> N
             g.fail(f"{v}wa_layer_indexes holds {value}, out of range (0..{n_layer - 1})")
 
 
+@overload
+def _dims(g: GGUFFile, name: str, expected: tuple, *, required: Literal[True]) -> TensorInfo: ...
+@overload
+def _dims(g: GGUFFile, name: str, expected: tuple, *, required: bool = False) -> TensorInfo | None: ...
 def _dims(g: GGUFFile, name: str, expected: tuple, *, required: bool = False) -> TensorInfo | None:
     """Check a tensor's shape (ggml order); None in `expected` matches any size."""
     tensor = g.tensor(name)
@@ -450,10 +455,9 @@ def _check_layers(g: GGUFFile, prefix: str, n_embd: int, n_layer: int) -> None:
             _dims(g, f"{b}{norm}.bias", (n_embd,))
 
 
-def _check_llava(g: GGUFFile, n_embd: int, n_layer: int, image: int, patch: int) -> int:
+def _check_llava(g: GGUFFile, n_embd: int, n_head: int, n_layer: int, image: int, patch: int) -> int:
     """The LLaVA graph (tools/mtmd/models/llava.cpp) in full: every tensor it multiplies, by shape.
     Returns the width the projector outputs."""
-    n_head = g.integer("clip.vision.attention.head_count", 1, 1 << 12)
     d_head = g.integer("clip.vision.attention.head_dim", 1, 1 << 12, default=n_embd // n_head)
     inner = d_head * n_head
     n_class = 1 if _dims(g, "v.class_embd", (n_embd,)) is not None else 0

@@ -91,7 +91,8 @@ def _decode(data: bytes, source: str, max_pixels: int, max_kept_pixels: int | No
     from PIL import Image, ImageOps
 
     # Image.open reads only the header, so the pixel count is checked before any decoding.
-    with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+    with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as opened:
+        image: Image.Image = opened  # replaced below by decoded copies (plain Images, not ImageFiles)
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(

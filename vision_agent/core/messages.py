@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +43,7 @@ class Message(BaseModel):
         return [p for p in self.parts if isinstance(p, ImagePart)]
 
     @classmethod
-    def user(cls, text: str, images: list[ImagePart] = ()) -> Message:
+    def user(cls, text: str, images: Sequence[ImagePart] = ()) -> Message:
         # Images go before the text: LLaVA-style models are trained that way.
         return cls(role="user", parts=[*images, TextPart(text=text)])
 

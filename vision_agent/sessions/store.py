@@ -161,7 +161,7 @@ def make_title(text: str) -> str:
 
 class Store:
     def __init__(self, connection: sqlite3.Connection, path: Path, limits: ImageSettings, busy_timeout_s: float):
-        self._db = connection
+        self._db: sqlite3.Connection | None = connection  # None once closed
         self.path = path
         self.images_dir = path.with_name(f"{path.stem}-images")
         self.limits = limits
@@ -564,7 +564,8 @@ class Store:
             turns.setdefault(idx, [])
             if role is not None or parts is not None:
                 turns[idx].append((role, parts))
-        budget, cache = ImageBudget(self.limits), {}
+        budget = ImageBudget(self.limits)
+        cache: dict[str, ImagePart | str] = {}
         rebuilt: dict[int, list[Message]] = {}
         problems: list[str] = []
         for idx in sorted(turns, reverse=True):  # newest first: past the pixel budget, the oldest go

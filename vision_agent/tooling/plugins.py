@@ -60,6 +60,7 @@ def tools_in_module(module) -> list[Tool]:
 def _import_file(path: Path):
     name = "vision_agent_tool_" + re.sub(r"\W", "_", path.stem)
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, "a *.py path always gets a source loader"
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     try:

@@ -40,6 +40,9 @@ def build_registry(settings: Settings) -> ToolRegistry:
     return ToolRegistry(load_tools(tool_dirs(settings)), settings.tools)
 
 
+_POLICIES: dict[str, ToolPolicy] = {"auto": "auto", "ask": "ask", "off": "off"}
+
+
 def apply_tool_flags(tools: ToolsSettings, only: str | None, none: bool, policies: list[str]) -> ToolsSettings:
     """--tools a,b (just these), --no-tools (none), --tool-policy NAME=POLICY (repeatable)."""
     policy = dict(tools.policy)
@@ -52,7 +55,8 @@ def apply_tool_flags(tools: ToolsSettings, only: str | None, none: bool, policie
         default = "off"
     for item in policies:
         name, sep, value = item.partition("=")
-        if not sep or value not in ("auto", "ask", "off"):
+        chosen_policy = _POLICIES.get(value)
+        if not sep or chosen_policy is None:
             raise ConfigError(f"--tool-policy {item}: expected NAME=auto|ask|off")
-        policy[name.strip()] = value
+        policy[name.strip()] = chosen_policy
     return tools.model_copy(update={"policy": policy, "default_policy": default})

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from vision_agent.backends.base import Chunk, Finished, GenerationRequest, Usage
 from vision_agent.backends.llama_cpp import log as llama_log
 from vision_agent.backends.llama_cpp import token_loop
-from vision_agent.backends.llama_cpp.answer_tokens import AnswerTokens
+from vision_agent.backends.llama_cpp.answer_tokens import AnswerTokens, Piece
 from vision_agent.backends.llama_cpp.caches import ByteBoundedLRU, SnapshotStore
 from vision_agent.backends.llama_cpp.chat_format import choose_template, compile_template, render_prompt
+from vision_agent.backends.llama_cpp.disk_embeddings import DiskEmbeddings
+from vision_agent.backends.llama_cpp.disk_states import DiskStates, model_identity
 from vision_agent.backends.llama_cpp.load import check_context_size, load_text_model
 from vision_agent.backends.llama_cpp.prompt_eval import GuardedText, PromptEvaluator
 from vision_agent.backends.llama_cpp.special_text import TextGuard, read_vocab
@@ -36,6 +39,8 @@ from vision_agent.errors import (
 )
 from vision_agent.files import utf8_path
 
+log = logging.getLogger(__name__)
+
 
 def gpu_offload_supported() -> bool:
     import llama_cpp
@@ -46,6 +51,8 @@ def gpu_offload_supported() -> bool:
 class LlamaCppBackend:
     def __init__(self, model: ResolvedModel, settings: ModelSettings, embedding_cache: ByteBoundedLRU | None = None):
         """`embedding_cache` may be shared between backends: its keys name the projector file."""
+        if model.text is None:
+            raise ModelFileError("no text model: pass -m PATH")
         text_info = read_summary(model.text)
         if model.mmproj is None:
             raise ModelFileError(f"no projector for {model.text}: pass --mmproj PATH")
@@ -72,6 +79,8 @@ class LlamaCppBackend:
             reuse_prompt=settings.kv_reuse,
             embeddings=ByteBoundedLRU(settings.image_cache_mb * MIB) if embedding_cache is None else embedding_cache,
             snapshots=SnapshotStore(settings.state_cache_mb * MIB),
+            disk=_disk_embeddings(model.mmproj, settings),
+            states=_disk_states(model.text, model.mmproj, settings, self.context_size),
         )
         template = choose_template(model.chat_format, text_info.chat_template)
         self.template = compile_template(template)
@@ -141,11 +150,11 @@ class LlamaCppBackend:
         """No text longer than this can fit the context: a token stands for at most `max_token_bytes`."""
         return self.context_size * self._max_token_bytes
 
-    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+    def generate(self, request: GenerationRequest) -> Generator[Chunk, None, None]:
         with self._lock:
             yield from self._generate_locked(request)
 
-    def _generate_locked(self, request: GenerationRequest) -> Iterator[Chunk]:
+    def _generate_locked(self, request: GenerationRequest) -> Generator[Chunk, None, None]:
         cancel = request.cancel
         grammar = token_loop.checked_grammar(self.llama, request.grammar)  # refused before any work
         prompt_text, guarded = self._render(request)
@@ -178,7 +187,7 @@ class LlamaCppBackend:
                 return prompt.n_pos, None
             point = llama_log.mark()
             try:
-                return prompt.n_pos, self._evaluator.evaluate(prompt)
+                return prompt.n_pos, self._evaluator.evaluate(prompt, request.conversation_id)
             except BaseException as exc:
                 # An aborted or failed llama_decode leaves the KV cache holding part of the prompt.
                 self._evaluator.forget()
@@ -211,6 +220,16 @@ class LlamaCppBackend:
             self._record_answer(prompt_text, prompt_len, end.text)
         return end
 
+    def finish_conversation(self, conversation_id: str) -> bool:
+        """A turn of `conversation_id` ended: with `model.save_state`, save what the KV cache holds so that
+        a new process evaluates only the next turn. True when a state file was written; never raises."""
+        with self._lock:
+            try:
+                return self._evaluator.save_state(conversation_id)
+            except Exception as exc:  # a cache must never fail a turn that is already answered
+                log.warning("the conversation's KV state was not saved: %s", exc)
+                return False
+
     @property
     def context_size(self) -> int:
         # llama.cpp may round n_ctx up (384 becomes 512); llama-cpp-python's token buffer keeps the
@@ -226,7 +245,7 @@ class LlamaCppBackend:
                 return prompt.n_pos
 
     def _tokenize(self, text: str, images: list[ImagePart], guarded: GuardedText | None):
-        pieces = self._answers.split(text) if self.keep_answer_tokens else [text]
+        pieces: list[Piece] = self._answers.split(text) if self.keep_answer_tokens else [text]
         return self._evaluator.tokenize(pieces, images, guarded)
 
     def _record_answer(self, prompt_text: str, prompt_len: int, answer: str) -> None:
@@ -312,6 +331,35 @@ def _strlen_callback():
             continue
         return llama_cpp.ggml_abort_callback(address)
     return None
+
+
+def _disk_embeddings(mmproj: Path, settings: ModelSettings) -> DiskEmbeddings | None:
+    """The on-disk tier of the image-embedding cache, or None when off or unusable (never an error)."""
+    if settings.embedding_cache_mb <= 0:
+        return None
+    from vision_agent.paths import cache_dir
+
+    try:
+        root = cache_dir()
+        return DiskEmbeddings(root / "embeddings", mmproj, settings.embedding_cache_mb * MIB, root / "hashes")
+    except OSError as exc:
+        log.warning("image embeddings are not kept on disk: %s", exc)
+        return None
+
+
+def _disk_states(text: Path, mmproj: Path, settings: ModelSettings, context_size: int) -> DiskStates | None:
+    """Conversation KV states on disk (opt-in), or None. The model files are hashed on first use."""
+    if not settings.save_state or settings.state_dir_mb <= 0:
+        return None
+    from vision_agent.paths import cache_dir
+
+    root = cache_dir()
+    return DiskStates(
+        root / "states",
+        lambda: model_identity([text, mmproj], root / "hashes"),
+        settings.state_dir_mb * MIB,
+        context_size,
+    )
 
 
 def _file_identity(path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -68,7 +68,7 @@ class Snapshot:
     """The KV state of one sequence and the positions it holds (see PositionKeys)."""
 
     keys: tuple[int, ...]
-    data: object  # a ctypes byte buffer from llama_state_seq_get_data
+    data: Any  # a ctypes byte buffer from llama_state_seq_get_data
 
 
 class SnapshotStore:
@@ -122,8 +122,44 @@ class PositionKeys:
 
     def __init__(self):
         self._serials: dict[str, int] = {}
+        self._names: dict[int, str] = {}
 
     def image(self, image_id: str, n_pos: int) -> list[int]:
-        serial = self._serials.setdefault(image_id, len(self._serials) + 1)
-        base = serial << self._SHIFT
+        base = self._serial(image_id) << self._SHIFT
         return [-(base + offset) for offset in range(n_pos)]
+
+    def _serial(self, image_id: str) -> int:
+        serial = self._serials.setdefault(image_id, len(self._serials) + 1)
+        self._names[serial] = image_id
+        return serial
+
+    def to_portable(self, keys: Sequence[int]) -> tuple[list[str], list[int]]:
+        """Keys another process can read: serials are this process's own, so images are renumbered
+        1, 2, ... in order of appearance and their names (the `image_id`s) listed."""
+        names: list[str] = []
+        local: dict[int, int] = {}
+        out = []
+        for key in keys:
+            if key >= 0:
+                out.append(key)
+                continue
+            serial, offset = divmod(-key, 1 << self._SHIFT)
+            if serial not in local:
+                names.append(self._names[serial])
+                local[serial] = len(names)
+            out.append(-((local[serial] << self._SHIFT) + offset))
+        return names, out
+
+    def from_portable(self, names: Sequence[str], keys: Sequence[int]) -> list[int]:
+        """This process's keys for `to_portable`'s output (ValueError when an image index is out of range)."""
+        serials = [self._serial(name) for name in names]
+        out = []
+        for key in keys:
+            if key >= 0:
+                out.append(key)
+                continue
+            index, offset = divmod(-key, 1 << self._SHIFT)
+            if not 1 <= index <= len(serials):
+                raise ValueError(f"image index {index} of {len(serials)}")
+            out.append(-((serials[index - 1] << self._SHIFT) + offset))
+        return out

@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 
@@ -253,7 +254,7 @@ def _printed_size(value, memo: dict, budget: int) -> int:
     return size
 
 
-def _parts(value) -> tuple[object, bool]:
+def _parts(value) -> tuple[Iterable | None, bool]:
     """What `value` prints of (None for an atom), and whether it can change during the render."""
     if isinstance(value, (list, tuple, set, frozenset)):
         return value, False

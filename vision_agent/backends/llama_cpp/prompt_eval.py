@@ -6,6 +6,10 @@ their positions. Image chunks are decoded from embeddings that are cached by ima
 encoded once. When a prompt would throw away much of what is held (another conversation, an edited
 turn), the held state is first saved as a snapshot in host memory; a later prompt that shares more with
 a snapshot than with the live state restores it instead of evaluating again.
+
+Two tiers on disk outlive the process: image embeddings (disk_embeddings, after the in-memory cache and
+before encoding) and, opt-in, each conversation's KV state (disk_states: written by save_state when a turn
+ends, restored in evaluate when it holds more of the prompt than the live state and the snapshots).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass, field
 from vision_agent.backends.llama_cpp import log as llama_log
 from vision_agent.backends.llama_cpp.answer_tokens import Piece
 from vision_agent.backends.llama_cpp.caches import ByteBoundedLRU, PositionKeys, Snapshot, SnapshotStore, common_prefix
+from vision_agent.backends.llama_cpp.disk_embeddings import DiskEmbeddings
+from vision_agent.backends.llama_cpp.disk_states import DiskStates
 from vision_agent.backends.llama_cpp.special_text import TextGuard, has_placeholder
 from vision_agent.core.messages import ImagePart
 from vision_agent.errors import BackendError
@@ -87,7 +93,8 @@ class EvalStats:
     evaluated: int = 0
     images_encoded: int = 0
     images_from_cache: int = 0
-    restored: bool = False
+    restored: bool = False  # from a snapshot in memory or a state file
+    restored_from_disk: bool = False
 
 
 class PromptEvaluator:
@@ -100,6 +107,8 @@ class PromptEvaluator:
         reuse_prompt: bool,
         embeddings: ByteBoundedLRU,
         snapshots: SnapshotStore,
+        disk: DiskEmbeddings | None = None,
+        states: DiskStates | None = None,
     ):
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd_cpp
@@ -109,7 +118,9 @@ class PromptEvaluator:
         self.projector_id = projector_id
         self.reuse_prompt = reuse_prompt
         self.embeddings = embeddings
+        self.disk = disk  # the on-disk tier, after the in-memory one
         self.snapshots = snapshots
+        self.states = states  # conversation states on disk (opt-in)
         self.n_embd = llama_cpp.llama_model_n_embd_inp(llama.model)
         self.media_marker = mtmd_cpp.mtmd_default_marker().decode("utf-8")
         self.held: list[int] = []  # PositionKeys of what sequence 0 holds
@@ -232,10 +243,11 @@ class PromptEvaluator:
 
     # -- evaluation ---------------------------------------------------------------------------------
 
-    def evaluate(self, prompt: TokenizedPrompt) -> EvalStats:
-        """Leave sequence 0 holding exactly `prompt`, with logits for its last position."""
+    def evaluate(self, prompt: TokenizedPrompt, conversation_id: str | None = None) -> EvalStats:
+        """Leave sequence 0 holding exactly `prompt`, with logits for its last position. A state saved on
+        disk for `conversation_id` is restored when it holds more of the prompt than anything else."""
         stats = EvalStats()
-        start = self._keep_prefix(prompt, stats) if self.reuse_prompt else self._clear()
+        start = self._keep_prefix(prompt, stats, conversation_id) if self.reuse_prompt else self._clear()
         stats.reused = start
         stats.evaluated = prompt.n_pos - start
         for chunk in prompt.chunks:
@@ -268,21 +280,76 @@ class PromptEvaluator:
         self.held = []
         return 0
 
-    def _keep_prefix(self, prompt: TokenizedPrompt, stats: EvalStats) -> int:
+    def _keep_prefix(self, prompt: TokenizedPrompt, stats: EvalStats, conversation_id: str | None) -> int:
         keep = common_prefix(self.held, prompt.keys)
         snapshot, snapshot_keep = self.snapshots.best(prompt.keys)
-        restore = snapshot is not None and snapshot_keep >= keep + RESTORE_MIN_GAIN
-        if restore or len(self.held) - keep >= SNAPSHOT_MIN_DISCARD:
+        candidate = None  # (keys, positions shared with the prompt, its state file or None for memory)
+        if snapshot is not None and snapshot_keep >= keep + RESTORE_MIN_GAIN:
+            candidate = (snapshot, snapshot_keep, None)
+        saved, saved_keys, saved_keep = self._saved_state(conversation_id, prompt)
+        if saved is not None and saved_keep >= max(keep, candidate[1] if candidate else 0) + RESTORE_MIN_GAIN:
+            candidate = (Snapshot(tuple(saved_keys), None), saved_keep, saved)
+        if candidate is not None or len(self.held) - keep >= SNAPSHOT_MIN_DISCARD:
             self._save_snapshot()
-        if restore and self._restore(snapshot):
-            keep = snapshot_keep
-            stats.restored = True
+        if candidate is not None:
+            chosen, shared, saved = candidate
+            data = chosen.data if saved is None else self._load_state(saved)
+            if data is None:
+                pass  # the file could not be read: the live state is untouched
+            elif self._restore(Snapshot(chosen.keys, data)):
+                keep = shared
+                stats.restored = True
+                stats.restored_from_disk = saved is not None
+            else:  # the KV cache is empty now
+                keep = 0
+                if saved is not None:  # another cache type or layout, or a context too small
+                    self.states.discard(saved, "llama.cpp refused it")
         # The last position is always evaluated again: sampling needs its logits.
         keep = prompt.chunk_start_at(min(keep, prompt.n_pos - 1))
         self.llama._ctx.kv_cache_seq_rm(0, keep, -1)
         self.llama.n_tokens = keep
         self.held = self.held[:keep]
         return keep
+
+    def _saved_state(self, conversation_id: str | None, prompt: TokenizedPrompt):
+        """(SavedState, its keys in this process's terms, positions it shares with `prompt`), or Nones."""
+        if self.states is None or conversation_id is None:
+            return None, None, 0
+        try:
+            saved = self.states.peek(conversation_id)
+        except OSError as exc:  # the model files could not be hashed: no saved state, not a failed request
+            log.debug("KV states on disk unusable: %s", exc)
+            self.states = None
+            return None, None, 0
+        if saved is None or len(saved.keys) >= len(self.llama.input_ids):
+            return None, None, 0
+        keys = self._position_keys.from_portable(saved.names, saved.keys)
+        return saved, keys, common_prefix(keys, prompt.keys)
+
+    def _load_state(self, saved):
+        payload = self.states.load(saved)
+        if payload is None:
+            return None
+        return (ctypes.c_uint8 * len(payload)).from_buffer(payload)  # no copy
+
+    def save_state(self, conversation_id: str) -> bool:
+        """Write what sequence 0 holds to disk for `conversation_id` (see disk_states)."""
+        import llama_cpp
+
+        if self.states is None or not self.held or len(self.held) != self.llama.n_tokens:
+            return False
+        ctx = self.llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        if not written:
+            return False
+        names, keys = self._position_keys.to_portable(self.held)
+        try:
+            return self.states.save(conversation_id, names, keys, buffer, written)
+        except OSError as exc:
+            log.debug("KV state not saved: %s", exc)
+            return False
 
     def _save_snapshot(self) -> None:
         import llama_cpp
@@ -345,14 +412,22 @@ class PromptEvaluator:
         if cached is not None:
             stats.images_from_cache += 1
             return cached
+        n_tokens = mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk.pointer)
+        if self.disk is not None:  # encoded by an earlier process
+            stored = self.disk.get(chunk.image_id or "", chunk.n_pos, n_tokens, self.n_embd)
+            if stored is not None:
+                stats.images_from_cache += 1
+                self.embeddings.put(key, stored, stored.nbytes)
+                return stored
         status = mtmd_cpp.mtmd_encode_chunk(self.mtmd, chunk.pointer)
         if status != 0:
             raise BackendError(f"libmtmd failed to encode an image (code {status}): {llama_log.last_error()}")
         stats.images_encoded += 1
-        n_tokens = mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk.pointer)
         output = mtmd_cpp.mtmd_get_output_embd(self.mtmd)
         embedding = np.ctypeslib.as_array(output, shape=(n_tokens * self.n_embd,)).copy()
         self.embeddings.put(key, embedding, embedding.nbytes)
+        if self.disk is not None:
+            self.disk.put(chunk.image_id or "", chunk.n_pos, n_tokens, self.n_embd, embedding)
         return embedding
 
 

@@ -79,7 +79,8 @@ def _model_report(settings: Settings) -> tuple[list[str], VisionAgentError | Non
         if model.replay_script:
             lines.append(safe_line(f"model             {model.label} (scripted replay, no llama.cpp)"))
         else:
-            text, mmproj = read_summary(model.text), read_summary(model.mmproj)
+            text_path, mmproj_path = model.pair
+            text, mmproj = read_summary(text_path), read_summary(mmproj_path)
             lines.append(
                 safe_line(f"model             {text.path} ({text.architecture}, width {text.embedding_length})")
             )

@@ -65,10 +65,10 @@ def pull(args: argparse.Namespace, settings: Settings) -> int:
     if entry is None:
         raise NoModelError(f"unknown model {args.name!r}; known: {', '.join(catalog)}")
     directory = entry_dir(settings.model, entry)
+    paths: list[Path] = []
     if entry.generated:
-        paths = write_demo_pair(directory)
+        paths += write_demo_pair(directory)
     else:
-        paths = []
         for pattern, projector in ((entry.file, False), (entry.mmproj, True)):
             filename = resolve_filename(entry, pattern, projector=projector)
             print(f"pulling {entry.repo}/{filename}", file=sys.stderr)
@@ -86,7 +86,7 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.path in load_catalog():
         model = resolve_model(settings.model.model_copy(update={"name": args.path}))
-        paths = [model.text, model.mmproj]
+        paths = list(model.pair)
     else:
         paths = [args.path]
     for index, path in enumerate(paths):

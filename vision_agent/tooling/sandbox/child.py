@@ -37,7 +37,7 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     if len(sys.argv) > 2 and sys.argv[2]:  # started without site: where RestrictedPython and numpy live
         sys.path += sys.argv[2].split(os.pathsep)
-    import os_wall
+    import os_wall  # type: ignore[import-not-found]  # this folder, put on sys.path above (no package here)
 
     watched = os_wall.set_parent_death_signal(signal.SIGTERM)  # the app died: stop the program (handler below)
     if os.getppid() != int(sys.argv[1]):  # the app is already gone
@@ -160,7 +160,7 @@ def _prepare(request, raw, limits):
     if request.get("probe"):
         return None
     if request.get("restricted", True):
-        import py_wall
+        import py_wall  # type: ignore[import-not-found]  # this folder, on sys.path (see main)
 
         np = py_wall.warm_up(request["code"], raw)
         os_wall.set_budget(limits)

@@ -78,7 +78,7 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _why(code: int) -> str:
+def _why(code: int | None) -> str:
     return f"{errno.errorcode.get(code, code)}" if code else "failed"
 
 
@@ -165,7 +165,7 @@ def _reap() -> None:
 
 
 def _children(parent: int) -> list[int]:
-    found = []
+    found: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -347,7 +347,7 @@ def _install_seccomp(report: Report, disabled: set[str]) -> None:
         report.set("seccomp", False, "unavailable (seccomp_init failed)")
         return
     me = os.getpid()
-    rules = [(n, None) for n in SECCOMP_ALLOW]
+    rules: list[tuple[str, _ArgCmp | None]] = [(n, None) for n in SECCOMP_ALLOW]
     rules += [(n, _ArgCmp(2, SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)) for n in SECCOMP_NO_EXEC]
     rules += [(n, _ArgCmp(0, SCMP_CMP_EQ, me, 0)) for n in SECCOMP_SELF_ONLY]
     try:

@@ -33,6 +33,7 @@ import collections
 import functools
 import types
 import weakref
+from typing import Any
 
 FILENAME = "<model code>"
 RESULT_NAME = "vision_agent_last_value"
@@ -91,7 +92,7 @@ def module_view(name: str, table: dict):
     table = dict(table)
 
     class Frozen(type):
-        def __setattr__(cls, attr, value):
+        def __setattr__(cls, attr, value=None):  # the default: it is __delattr__ too, called without a value
             raise TypeError(f"module {name} is read-only in the sandbox")
 
         __delattr__ = __setattr__
@@ -163,7 +164,7 @@ def refusal(value, np=None) -> str | None:
         if name[:1] == "_":
             return f"{name!r} is not available in the sandbox"
         if name in _SUSPECT_METHODS:
-            owner = getattr(value, "__objclass__", None)
+            owner: Any = getattr(value, "__objclass__", None)  # anything: made a type just below
             if owner is None:
                 owner = getattr(value, "__self__", None)
             if not issubclass(type(owner), type):
@@ -201,7 +202,7 @@ class _ItemsOnly:
     def __delitem__(self, key):
         del self.target[key]
 
-    def __setattr__(self, attr, value):
+    def __setattr__(self, attr, value=None):  # the default: it is __delattr__ too, called without a value
         raise TypeError(f"cannot set attributes of a {type(self.target).__name__} in the sandbox")
 
     __delattr__ = __setattr__
@@ -225,9 +226,9 @@ class Program:
         except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, absurd nesting
             self.error = f"SyntaxError: {type(exc).__name__}: {exc}"
             return
-        self.has_value = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
-        if self.has_value:  # keep the value of a final expression, as a REPL would show it
-            last = tree.body[-1]
+        last = tree.body[-1] if tree.body else None
+        self.has_value = isinstance(last, ast.Expr)
+        if isinstance(last, ast.Expr):  # keep the value of a final expression, as a REPL would show it
             tree.body[-1] = ast.copy_location(
                 ast.Assign(targets=[ast.Name(RESULT_NAME, ast.Store())], value=last.value), last
             )
@@ -236,6 +237,7 @@ class Program:
         if compiled.errors:
             self.error = "refused by the sandbox: " + "; ".join(compiled.errors)
             return
+        assert compiled.code is not None, "RestrictedPython returns code when it reports no errors"
         self.code = compiled.code
         self.glb = self._namespace(width, height, raw)
 
@@ -246,11 +248,12 @@ class Program:
         from RestrictedPython.Eval import default_guarded_getiter
         from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safer_getattr_raise
 
-        np, glb = self.np, {}
+        np = self.np
+        glb: dict[str, Any] = {}
         # types whose values need no look (the value guard's fast path on every attribute read and subscript)
         self.plain = _PLAIN | ({np.ndarray, *np.sctypeDict.values()} if np is not None else set())
         self.safer_getattr = safer_getattr_raise  # by name: "_", the inspect attributes, str.format
-        made = weakref.WeakSet()  # classes the program defined
+        made: weakref.WeakSet[type] = weakref.WeakSet()  # classes the program defined
         self.made = made
         views = {}
         for name, names in MODULES.items():

@@ -123,9 +123,11 @@ class _Pipes:
     def __init__(self, proc: subprocess.Popen, result_fd: int, result_limit: int):
         self.proc = proc
         self.stdout, self.stderr, self.result = bytearray(), bytearray(), bytearray()
+        out, err = proc.stdout, proc.stderr
+        assert out is not None and err is not None, "the supervisor is started with pipes"
         self.readers = {
-            proc.stdout.fileno(): (self.stdout, CAPTURE_LIMIT, proc.stdout),
-            proc.stderr.fileno(): (self.stderr, CAPTURE_LIMIT, proc.stderr),
+            out.fileno(): (self.stdout, CAPTURE_LIMIT, out),
+            err.fileno(): (self.stderr, CAPTURE_LIMIT, err),
             result_fd: (self.result, result_limit, None),
         }
         self.result_fd = result_fd
@@ -143,6 +145,7 @@ class _Pipes:
 
     def exchange(self, data: bytes, deadline: float, cancel: threading.Event | None) -> str | None:
         stdin = self.proc.stdin
+        assert stdin is not None, "the supervisor is started with pipes"
         stdin_fd = stdin.fileno()
         view, sent = memoryview(data), 0
         os.set_blocking(stdin_fd, False)
@@ -200,6 +203,8 @@ class _Pipes:
         if self.pidfd >= 0:
             os.close(self.pidfd)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is None:
+                continue
             try:
                 stream.close()
             except OSError:
