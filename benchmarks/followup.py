@@ -31,21 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from vision_agent.catalog.demo_model import _WORDS, DemoShape, write_demo_pair
+# The pair of benchmarks/multiturn.py (same shape and seed: one copy on disk).
+from multiturn import SHAPE  # run as a script: benchmarks/ is on sys.path
 
-SHAPE = DemoShape(  # the pair of benchmarks/multiturn.py (same shape and seed: one copy on disk)
-    n_embd=1024,
-    n_ff=2816,
-    n_layer=8,
-    n_head=16,
-    extra_vocab=32000 - 259 - len(_WORDS),
-    image_size=336,
-    patch_size=14,
-    v_embd=768,
-    v_ff=3072,
-    v_layer=12,
-    v_head=12,
-)
+from vision_agent.catalog.demo_model import write_demo_pair
+
 N_CTX = 4096
 Q1, Q2 = "Describe this photo in detail.", "What colours stand out the most?"
 CONFIGS = [
