@@ -3,6 +3,7 @@ info` on a catalog name, `doctor` without a model, and start-up that imports not
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -98,3 +99,39 @@ def test_the_sandbox_imports_without_pydantic(cli_env):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=cli_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"[]\n"
+
+
+def test_data_commands_print_json(tmp_path, cli_env):
+    listed = run_cli("models", "list", "--json", env=cli_env)
+    assert listed.returncode == 0, listed.stderr
+    models = json.loads(listed.stdout)
+    names = [m["name"] for m in models]
+    assert "llava-1.5-7b" in names and "demo" in names
+    assert all(m["status"] in ("ready", "not downloaded", "generated on first use") for m in models)
+    assert next(m for m in models if m["name"] == "llava-1.5-7b")["files"] == []
+
+    info = run_cli("models", "info", "demo", "--json", env=cli_env)
+    assert info.returncode == 0, info.stderr
+    text, projector = json.loads(info.stdout)
+    assert text["architecture"] == "llama" and text["projector_type"] is None
+    assert projector["has_vision"] and projector["projection_dim"] == text["embedding_length"]
+    assert text["path"].endswith(".gguf") and projector["path"].endswith(".gguf")
+
+    tools = run_cli("tool", "list", "--json", env=cli_env)
+    assert tools.returncode == 0, tools.stderr
+    by_name = {t["name"]: t for t in json.loads(tools.stdout)}
+    assert {"calculator", "python", "web_search"} <= set(by_name)
+    assert by_name["calculator"]["parameters"]["required"] == ["expression"]
+    assert by_name["python"]["policy"] in ("auto", "ask")
+
+
+def test_json_from_a_hostile_file_name_keeps_the_text_and_nothing_a_terminal_acts_on(demo_pair, tmp_path, cli_env):
+    import shutil
+
+    text, _ = demo_pair
+    hostile = tmp_path / "evil\u202e\x1b]52;c;aGk=\x07.gguf"
+    shutil.copy(text, hostile)
+    result = run_cli("models", "info", str(hostile), "--json", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert b"\x1b" not in result.stdout and "\u202e".encode() not in result.stdout
+    assert json.loads(result.stdout)[0]["path"] == str(hostile)

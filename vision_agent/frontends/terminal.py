@@ -41,3 +41,13 @@ def safe_json(line: str) -> str:
     They can only occur inside strings, where the escape means the same character: the value is unchanged.
     """
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+def json_text(value: object) -> str:
+    """Data as indented JSON for stdout (`--json`): exact values, with nothing a terminal would act on."""
+    import json
+
+    from vision_agent.text import valid_values
+
+    # JSON escapes control characters; safe_json the few it leaves raw (C1, bidi): the values are unchanged.
+    return safe_json(json.dumps(valid_values(value), ensure_ascii=False, indent=2))

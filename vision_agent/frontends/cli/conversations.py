@@ -311,13 +311,9 @@ def _shown_path(path: Path) -> str:
 
 
 def _json_text(value: object) -> str:
-    import json
+    from vision_agent.frontends.terminal import json_text
 
-    from vision_agent.frontends.terminal import safe_json
-    from vision_agent.text import valid_values
-
-    # JSON escapes control characters; safe_json the few it leaves raw (C1, bidi): the values are unchanged.
-    return safe_json(json.dumps(valid_values(value), ensure_ascii=False, indent=2))
+    return json_text(value)
 
 
 def _print_json(value: object) -> None:

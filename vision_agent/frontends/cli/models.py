@@ -16,6 +16,7 @@ def register(commands, common: argparse.ArgumentParser, model: argparse.Argument
     models = commands.add_parser("models", help="list, download, inspect or generate models")
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", parents=[common], help="the catalog and what is downloaded")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
     listing.set_defaults(handler=list_models)
     pull_parser = actions.add_parser("pull", parents=[common], help="download a catalog model (resumable)")
     pull_parser.add_argument("name", metavar="NAME")
@@ -26,6 +27,7 @@ def register(commands, common: argparse.ArgumentParser, model: argparse.Argument
         metavar="NAME_OR_PATH",
         help="a catalog name (its text model and projector, as -m finds them) or a GGUF file",
     )
+    info_parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     info_parser.set_defaults(handler=info)
     demo_parser = actions.add_parser("demo", parents=[common], help="write the tiny random-weight demo pair")
     demo_parser.add_argument(
@@ -38,6 +40,7 @@ def list_models(args: argparse.Namespace, settings: Settings) -> int:
     from vision_agent.catalog import installed_files, load_catalog, models_dir
 
     rows = [("NAME", "SIZE", "STATUS", "DESCRIPTION")]
+    records = []
     for entry in load_catalog().values():
         files = installed_files(settings.model, entry)
         if files:
@@ -47,6 +50,20 @@ def list_models(args: argparse.Namespace, settings: Settings) -> int:
         else:
             status = "-"
         rows.append((entry.name, _size(entry.size_gb * 1e9), status, entry.description))
+        records.append(
+            {
+                "name": entry.name,
+                "size_bytes": int(entry.size_gb * 1e9),
+                "status": "not downloaded" if status == "-" else status,
+                "files": [str(path) for path in files or ()],
+                "description": entry.description,
+            }
+        )
+    if args.json:
+        from vision_agent.frontends.terminal import json_text
+
+        print(json_text(records))
+        return 0
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
@@ -89,10 +106,18 @@ def info(args: argparse.Namespace, settings: Settings) -> int:
         paths = list(model.pair)
     else:
         paths = [args.path]
-    for index, path in enumerate(paths):
+    summaries = [read_summary(path) for path in paths]
+    if args.json:
+        import dataclasses
+
+        from vision_agent.frontends.terminal import json_text
+
+        print(json_text([{**dataclasses.asdict(s), "path": str(s.path)} for s in summaries]))
+        return 0
+    for index, summary in enumerate(summaries):
         if index:
             print()
-        _show(read_summary(path))
+        _show(summary)
     return 0
 
 

@@ -28,6 +28,7 @@ def register(commands, common: argparse.ArgumentParser, model: argparse.Argument
     search.add_argument("--max-results", type=int, metavar="N", help="(default: 5, the web_search setting)")
     search.set_defaults(handler=run, call=_search_call)
     listing = tool_commands.add_parser("list", parents=[common], help="the tools found, with their policy")
+    listing.add_argument("--json", action="store_true", help="print the tools (with argument schemas) as JSON")
     listing.set_defaults(handler=list_tools)
     any_tool = tool_commands.add_parser("run", parents=[common], help="run any tool (plugins too) with JSON arguments")
     any_tool.add_argument("name", metavar="NAME")
@@ -41,7 +42,17 @@ def list_tools(args: argparse.Namespace, settings: Settings) -> int:
     from vision_agent.tooling import build_registry
 
     registry = build_registry(settings)
-    for tool in sorted(registry.tools.values(), key=lambda t: t.name):
+    tools = sorted(registry.tools.values(), key=lambda t: t.name)
+    if args.json:
+        from vision_agent.frontends.terminal import json_text
+
+        records = []
+        for tool in tools:
+            policy, schema = registry.policy(tool.name), tool.parameters
+            records.append({"name": tool.name, "policy": policy, "description": tool.description, "parameters": schema})
+        print(json_text(records))
+        return 0
+    for tool in tools:
         print(safe_line(f"{tool.name:<14} {registry.policy(tool.name):<5} {tool.description}"))
     return 0
 
