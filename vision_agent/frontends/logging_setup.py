@@ -1,9 +1,12 @@
-"""Diagnostics go to stderr; llama.cpp's own chatter only with -v."""
+"""Where diagnostics go, chosen by each front end: stderr for the CLI, a file for a full-screen app (a stderr
+handler would draw over it). llama.cpp's own chatter only with -v."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import TextIO
 
 
 class _SafeFormatter(logging.Formatter):
@@ -15,8 +18,14 @@ class _SafeFormatter(logging.Formatter):
         return safe(super().format(record))
 
 
-def configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(verbose: bool, destination: TextIO | Path | None = None) -> None:
+    """Send every log record to `destination`: a stream (default: stderr) or a file, appended to."""
+    handler: logging.Handler
+    if isinstance(destination, Path):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(destination, encoding="utf-8", errors="backslashreplace")
+    else:
+        handler = logging.StreamHandler(destination or sys.stderr)
     handler.setFormatter(_SafeFormatter("%(name)s: %(message)s" if verbose else "vision-agent: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
