@@ -19,7 +19,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -29,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -39,124 +37,32 @@ from vision_agent.core.messages import Conversation, ImagePart, Message
 from vision_agent.errors import ConfigError, StoreError, VisionAgentError
 from vision_agent.files import display_name
 from vision_agent.history import ImageBudget, Loaded, first_problem, stored_message, write_atomic
-from vision_agent.text import valid_text, valid_values
+from vision_agent.sessions.records import (
+    INFO_QUERY,
+    STATUSES,
+    ConversationInfo,
+    ConversationNotFound,
+    SearchHit,
+    StepRecord,
+    TurnRecord,
+    column_text,
+    dump_json,
+    info_from_row,
+    load_json,
+    make_title,
+    not_found,
+    optional_text,
+    stored_part,
+)
+from vision_agent.sessions.schema import MIGRATIONS, SCHEMA_VERSION
+from vision_agent.text import valid_text
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "vision-agent.db"
 BUSY_TIMEOUT_S = 10.0
-TITLE_CHARS = 80
-STATUSES = ("ok", "max_steps", "cancelled", "error")
-CONTEXT_STATUSES = ("ok", "max_steps")  # turns that become the model's context; the others are records only
 MAX_SEARCH_WORDS = 32
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-# Each migration is a list of statements run in one transaction; user_version counts the ones applied.
-# (executescript would commit the open transaction first, so the statements are run one by one.)
-MIGRATIONS: list[list[str]] = [
-    [
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE conversations (
-            id TEXT PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL, mmproj TEXT,
-            created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
-        "CREATE INDEX conversations_updated ON conversations (updated_at)",
-        # An explicit integer key: FTS5 points at it, and VACUUM may renumber an implicit rowid.
-        """CREATE TABLE turns (
-            id INTEGER PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
-            idx INTEGER NOT NULL, run_id TEXT NOT NULL, prompt TEXT NOT NULL, answer TEXT NOT NULL,
-            status TEXT NOT NULL, error TEXT, usage TEXT NOT NULL, images TEXT NOT NULL, created_at REAL NOT NULL,
-            UNIQUE (conversation_id, idx))""",
-        """CREATE TABLE messages (
-            conversation_id TEXT NOT NULL, turn INTEGER NOT NULL, position INTEGER NOT NULL,
-            role TEXT NOT NULL, parts TEXT NOT NULL,
-            PRIMARY KEY (conversation_id, turn, position),
-            FOREIGN KEY (conversation_id, turn) REFERENCES turns (conversation_id, idx) ON DELETE CASCADE)""",
-        """CREATE TABLE steps (
-            conversation_id TEXT NOT NULL, turn INTEGER NOT NULL, position INTEGER NOT NULL,
-            tool TEXT NOT NULL, arguments TEXT NOT NULL, ok INTEGER, output TEXT NOT NULL,
-            PRIMARY KEY (conversation_id, turn, position),
-            FOREIGN KEY (conversation_id, turn) REFERENCES turns (conversation_id, idx) ON DELETE CASCADE)""",
-        """CREATE TABLE images (
-            sha256 TEXT PRIMARY KEY, width INTEGER NOT NULL, height INTEGER NOT NULL, bytes INTEGER NOT NULL)""",
-        # Which turns use which image: an image is deleted with the last conversation that uses it.
-        """CREATE TABLE turn_images (
-            conversation_id TEXT NOT NULL, turn INTEGER NOT NULL, sha256 TEXT NOT NULL,
-            PRIMARY KEY (conversation_id, turn, sha256),
-            FOREIGN KEY (conversation_id, turn) REFERENCES turns (conversation_id, idx) ON DELETE CASCADE)""",
-        "CREATE INDEX turn_images_sha ON turn_images (sha256)",
-        """CREATE VIRTUAL TABLE turns_fts USING fts5 (
-            prompt, answer, content='turns', content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
-        """CREATE TRIGGER turns_fts_insert AFTER INSERT ON turns BEGIN
-            INSERT INTO turns_fts (rowid, prompt, answer) VALUES (new.id, new.prompt, new.answer); END""",
-        """CREATE TRIGGER turns_fts_delete AFTER DELETE ON turns BEGIN
-            INSERT INTO turns_fts (turns_fts, rowid, prompt, answer) VALUES ('delete', old.id, old.prompt, old.answer);
-            END""",
-        """CREATE TRIGGER turns_fts_update AFTER UPDATE OF prompt, answer ON turns BEGIN
-            INSERT INTO turns_fts (turns_fts, rowid, prompt, answer) VALUES ('delete', old.id, old.prompt, old.answer);
-            INSERT INTO turns_fts (rowid, prompt, answer) VALUES (new.id, new.prompt, new.answer); END""",
-    ],
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-_OUR_TABLES = {"meta", "conversations", "turns", "messages", "steps", "images", "turn_images", "turns_fts"}
-
-
-class ConversationNotFound(StoreError):
-    """No conversation matches the id or title given (or several do): a usage error, not a damaged store."""
-
-    exit_code = 2
-    kind = "not_found"
-
-
-@dataclass(frozen=True)
-class ConversationInfo:
-    id: str  # uuid4 hex (32 chars)
-    title: str  # from the first prompt: first line, control chars removed, <= 80 chars
-    model: str  # model display name
-    mmproj: str | None
-    created_at: float  # unix seconds
-    updated_at: float
-    turns: int
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One tool step of a turn."""
-
-    tool: str
-    arguments: dict
-    ok: bool | None  # None: the call had no result (cancelled)
-    output: str
-
-
-@dataclass(frozen=True)
-class TurnRecord:
-    run_id: str
-    prompt: str
-    images: list[str]  # sha256 of the turn's attached images (stored once each, by hash)
-    answer: str
-    status: str  # "ok" | "max_steps" | "cancelled" | "error"
-    steps: list[StepRecord]
-    usage: dict  # UsageInfo.model_dump()
-    error: str | None = None
-    created_at: float = 0.0  # set by the store on commit
-    index: int = -1  # set by the store on commit (0-based, per conversation)
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    conversation_id: str
-    title: str
-    turn: int
-    snippet: str  # matched words between [ and ]; stored text, so a front end escapes it like any other
-
-
-def make_title(text: str) -> str:
-    """The first line of `text` with something on it, control, format and bidi characters made spaces, spaces
-    collapsed, at most TITLE_CHARS characters."""
-    line = next((line for line in valid_text(text).splitlines() if line.strip()), "")
-    line = " ".join("".join(ch if ch.isprintable() else " " for ch in line).split())
-    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
 class Store:
@@ -304,7 +210,7 @@ class Store:
             db.execute(
                 "INSERT INTO conversations (id, title, model, mmproj, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (conversation_id, make_title(title), valid_text(model), _optional_text(mmproj), now, now),
+                (conversation_id, make_title(title), valid_text(model), optional_text(mmproj), now, now),
             )
         return conversation_id
 
@@ -319,7 +225,7 @@ class Store:
         with self._use() as db, self._transaction(db):
             row = db.execute("SELECT title FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
             if row is None:
-                raise _not_found(conversation_id)
+                raise not_found(conversation_id)
             (index,) = db.execute(
                 "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
@@ -351,18 +257,18 @@ class Store:
                 valid_text(turn.prompt),
                 valid_text(turn.answer),
                 turn.status,
-                _optional_text(turn.error),
-                _json(turn.usage),
-                _json([sha for sha in turn.images if _SHA256.match(sha)]),
+                optional_text(turn.error),
+                dump_json(turn.usage),
+                dump_json([sha for sha in turn.images if _SHA256.match(sha)]),
                 now,
             ),
         )
         used: set[str] = {sha for sha in turn.images if _SHA256.match(sha)}
         for position, message in enumerate(messages):
-            parts = [_stored_part(part) for part in message.parts]
+            parts = [stored_part(part) for part in message.parts]
             db.execute(
                 "INSERT INTO messages (conversation_id, turn, position, role, parts) VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, index, position, message.role, _json(parts)),
+                (conversation_id, index, position, message.role, dump_json(parts)),
             )
             for image in message.images:
                 self._store_image(db, image, files)
@@ -376,7 +282,7 @@ class Store:
                     index,
                     position,
                     valid_text(step.tool),
-                    _json(step.arguments),
+                    dump_json(step.arguments),
                     None if step.ok is None else int(step.ok),
                     valid_text(step.output),
                 ),
@@ -429,7 +335,7 @@ class Store:
             raise ConfigError("a conversation's title needs some visible text")
         with self._use() as db, self._transaction(db):
             if db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id)).rowcount == 0:
-                raise _not_found(conversation_id)
+                raise not_found(conversation_id)
 
     def delete(self, conversation_id: str) -> None:
         """The conversation, its turns, and the image files no other conversation uses."""
@@ -441,7 +347,7 @@ class Store:
                 )
             ]
             if db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount == 0:
-                raise _not_found(conversation_id)
+                raise not_found(conversation_id)
             # The turns' rows go by cascade (and the turns' FTS entries by trigger).
             unused = [
                 sha
@@ -459,13 +365,16 @@ class Store:
     def latest(self) -> str | None:
         with self._use() as db:
             row = db.execute("SELECT id FROM conversations ORDER BY updated_at DESC, rowid DESC LIMIT 1").fetchone()
-        return None if row is None else _text(row[0])
+        return None if row is None else column_text(row[0])
 
     def resolve(self, ref: str) -> str:
         """A conversation id from an id, a unique id prefix (4 characters or more) or a unique title prefix
         (case-insensitive; an exact title wins over longer ones)."""
         with self._use() as db:
-            rows = [(_text(i), make_title(_text(t))) for i, t in db.execute("SELECT id, title FROM conversations")]
+            rows = [
+                (column_text(i), make_title(column_text(t)))
+                for i, t in db.execute("SELECT id, title FROM conversations")
+            ]
         if any(cid == ref for cid, _ in rows):
             return ref
         matches = [(cid, title) for cid, title in rows if len(ref) >= 4 and cid.startswith(ref.lower())]
@@ -487,28 +396,28 @@ class Store:
 
     def info(self, conversation_id: str) -> ConversationInfo:
         with self._use() as db:
-            row = db.execute(_INFO + " WHERE c.id = ?", (conversation_id,)).fetchone()
+            row = db.execute(INFO_QUERY + " WHERE c.id = ?", (conversation_id,)).fetchone()
         if row is None:
-            raise _not_found(conversation_id)
-        return _info(row)
+            raise not_found(conversation_id)
+        return info_from_row(row)
 
     def turns(self, conversation_id: str) -> list[TurnRecord]:
         """Every turn as recorded, failed and cancelled ones too; damaged values read as empty."""
         with self._use() as db, self._snapshot(db):
             if not db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
-                raise _not_found(conversation_id)
+                raise not_found(conversation_id)
             steps: dict[int, list[StepRecord]] = {}
             for turn, tool, arguments, ok, output in db.execute(
                 "SELECT turn, tool, arguments, ok, output FROM steps WHERE conversation_id = ? ORDER BY turn, position",
                 (conversation_id,),
             ):
-                arguments = _loads(arguments)
+                arguments = load_json(arguments)
                 steps.setdefault(turn, []).append(
                     StepRecord(
-                        tool=_text(tool),
+                        tool=column_text(tool),
                         arguments=arguments if isinstance(arguments, dict) else {},
                         ok=None if ok is None else bool(ok),
-                        output=_text(output),
+                        output=column_text(output),
                     )
                 )
             rows = db.execute(
@@ -518,19 +427,19 @@ class Store:
             ).fetchall()
         records = []
         for idx, run_id, prompt, answer, status, error, usage, images, created_at in rows:
-            usage, images = _loads(usage), _loads(images)
+            usage, images = load_json(usage), load_json(images)
             records.append(
                 TurnRecord(
-                    run_id=_text(run_id),
-                    prompt=_text(prompt),
+                    run_id=column_text(run_id),
+                    prompt=column_text(prompt),
                     images=[s for s in images if isinstance(s, str) and _SHA256.match(s)]
                     if isinstance(images, list)
                     else [],
-                    answer=_text(answer),
-                    status=_text(status) if status in STATUSES else "error",
+                    answer=column_text(answer),
+                    status=column_text(status) if status in STATUSES else "error",
                     steps=steps.get(idx, []),
                     usage=usage if isinstance(usage, dict) else {},
-                    error=None if error is None else _text(error),
+                    error=None if error is None else column_text(error),
                     created_at=created_at if isinstance(created_at, float | int) else 0.0,
                     index=idx if isinstance(idx, int) else -1,
                 )
@@ -552,7 +461,7 @@ class Store:
         StoreError when no turn is usable."""
         with self._use() as db:
             if not db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
-                raise _not_found(conversation_id)
+                raise not_found(conversation_id)
             rows = db.execute(
                 "SELECT t.idx, m.position, m.role, m.parts FROM turns t LEFT JOIN messages m "
                 "ON m.conversation_id = t.conversation_id AND m.turn = t.idx "
@@ -573,7 +482,7 @@ class Store:
                 if not turns[idx]:
                     raise ValueError("no messages")
                 rebuilt[idx] = [
-                    stored_message({"role": role, "parts": _loads(parts)}, self.images_dir, budget, cache)
+                    stored_message({"role": role, "parts": load_json(parts)}, self.images_dir, budget, cache)
                     for role, parts in turns[idx]
                 ]
             except (ValidationError, ValueError, TypeError, VisionAgentError) as exc:
@@ -616,14 +525,17 @@ class Store:
                 "WHERE turns_fts MATCH ? ORDER BY rank LIMIT ?",
                 (query, max(0, limit)),
             ).fetchall()
-        return [SearchHit(_text(cid), _text(title), idx, _text(snippet)) for cid, title, idx, snippet in rows]
+        return [
+            SearchHit(column_text(cid), column_text(title), idx, column_text(snippet))
+            for cid, title, idx, snippet in rows
+        ]
 
     def list(self, limit: int | None = None) -> builtins.list[ConversationInfo]:  # `list` is this method here
         """Newest (last updated) first."""
-        query = _INFO + " ORDER BY c.updated_at DESC, c.rowid DESC"
+        query = INFO_QUERY + " ORDER BY c.updated_at DESC, c.rowid DESC"
         with self._use() as db:
             rows = db.execute(query + " LIMIT ?", (-1 if limit is None else max(0, limit),)).fetchall()
-        return [_info(row) for row in rows]
+        return [info_from_row(row) for row in rows]
 
     # -- the connection -------------------------------------------------------------------------------------
 
@@ -677,25 +589,6 @@ class Store:
                     db.execute("COMMIT")
 
 
-_INFO = (
-    "SELECT c.id, c.title, c.model, c.mmproj, c.created_at, c.updated_at, "
-    "(SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) FROM conversations c"
-)
-
-
-def _info(row: tuple) -> ConversationInfo:
-    cid, title, model, mmproj, created, updated, turns = row
-    return ConversationInfo(
-        id=_text(cid),
-        title=make_title(_text(title)),  # stored text: cleaned again on the way out
-        model=_text(model),
-        mmproj=None if mmproj is None else _text(mmproj),
-        created_at=float(created) if isinstance(created, float | int) else 0.0,
-        updated_at=float(updated) if isinstance(updated, float | int) else 0.0,
-        turns=turns,
-    )
-
-
 def _check_files(path: Path) -> None:
     """Refuse, before SQLite opens them, a store or journal that is not a regular file: a FIFO would hang the
     open or the first read, /dev/zero never ends, and a directory or unreadable file has no useful error."""
@@ -728,46 +621,3 @@ def _store_error(exc: sqlite3.Error, path: Path, busy_timeout_s: float) -> Store
     return StoreError(
         f"the conversation store {name} is damaged or not a store ({text}); move it aside to start a new one"
     )
-
-
-def _not_found(conversation_id: str) -> ConversationNotFound:
-    return ConversationNotFound(f"no conversation {make_title(conversation_id)[:40] or repr(conversation_id)}")
-
-
-def _stored_part(part) -> dict:
-    if isinstance(part, ImagePart):
-        return {
-            "type": "image",
-            "sha256": part.sha256,
-            "width": part.width,
-            "height": part.height,
-            "source": valid_text(part.source)[:1024],
-        }
-    return {"type": "text", "text": valid_text(part.text)}
-
-
-def _json(value: object) -> str:
-    return json.dumps(valid_values(value), ensure_ascii=False, default=str)
-
-
-def _loads(value: object) -> object:
-    """A stored JSON value; None when it is not JSON (a tampered row)."""
-    if not isinstance(value, str | bytes):
-        return None
-    try:
-        return json.loads(value)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _text(value: object) -> str:
-    """A stored text column as text (SQLite keeps whatever type was written: a tampered row may hold a blob)."""
-    if isinstance(value, str):
-        return valid_text(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return "" if value is None else str(value)
-
-
-def _optional_text(value: str | None) -> str | None:
-    return None if value is None else valid_text(value)
