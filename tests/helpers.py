@@ -40,15 +40,16 @@ def run_cli(*args: str, env: dict[str, str], stdin: bytes | None = None, timeout
     )
 
 
-def replay_model(directory: Path, *turns: str, name: str = "script.json") -> str:
+def replay_model(directory: Path, *turns: str, name: str = "script.json", token_delay_s: float = 0.0) -> str:
     """Write a replay script of `turns` and return the `-m` value that plays it.
 
     A `.json` name writes a JSON list (each turn exactly as given); any other name writes the text format
-    (turns separated by a line `---`), which the CLI parses too.
+    (turns separated by a line `---`), which the CLI parses too. `token_delay_s` (JSON only) slows each word.
     """
     path = Path(directory) / name
     if path.suffix == ".json":
-        path.write_text(json.dumps(list(turns)))
+        script = {"turns": list(turns), "token_delay_s": token_delay_s} if token_delay_s else list(turns)
+        path.write_text(json.dumps(script))
     else:
         path.write_text("\n---\n".join(turns))
     return f"replay:{path}"

@@ -1,7 +1,8 @@
 """Replays scripted assistant turns through the real Backend interface (tests, demos, UI work).
 
-Script file: JSON (a list of strings, or {"turns": [...]}) or plain text with turns separated by a
-line holding only `---`. Each turn streams word by word; stop strings and max_tokens are honoured.
+Script file: JSON (a list of strings, or {"turns": [...], "token_delay_s": 0.05}) or plain text with turns
+separated by a line holding only `---`. Each turn streams word by word (each word after `token_delay_s`, for
+tests of what happens while an answer streams); stop strings and max_tokens are honoured.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Literal
@@ -24,8 +26,13 @@ MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 
 
 def parse_script(path: Path) -> list[str]:
-    """The turns of a replay script; a file that is not one (binary, too large, the wrong JSON shape, not a
-    regular file) is a bad model file (exit 4) with the reason."""
+    """The turns of a replay script (see read_script)."""
+    return read_script(path)[0]
+
+
+def read_script(path: Path) -> tuple[list[str], float]:
+    """The turns of a replay script and its delay per word; a file that is not one (binary, too large, the wrong
+    JSON shape, not a regular file) is a bad model file (exit 4) with the reason."""
     from vision_agent.config import read_text_file
 
     text = read_text_file(path, MAX_SCRIPT_BYTES, what="replay script", error=ModelFileError)
@@ -39,10 +46,13 @@ def parse_script(path: Path) -> list[str]:
         except RecursionError:
             raise ModelFileError(f"replay script {path}: invalid JSON (nested too deeply)") from None
         turns = data.get("turns") if isinstance(data, dict) else data
+        delay = data.get("token_delay_s", 0.0) if isinstance(data, dict) else 0.0
         if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
             raise ModelFileError(f'replay script {path}: expected a list of strings or {{"turns": [...]}}')
-        return turns
-    return [turn.strip("\n") for turn in re.split(r"^---[ \t]*$", text, flags=re.MULTILINE)]
+        if type(delay) not in (int, float) or not 0 <= delay <= 10:
+            raise ModelFileError(f"replay script {path}: token_delay_s must be a number of seconds from 0 to 10")
+        return turns, float(delay)
+    return [turn.strip("\n") for turn in re.split(r"^---[ \t]*$", text, flags=re.MULTILINE)], 0.0
 
 
 class ReplayBackend:
@@ -57,9 +67,16 @@ class ReplayBackend:
     max_prompt_bytes: int | None = None  # words have no byte bound
 
     def __init__(
-        self, turns: list[str], label: str = "replay", context_size: int | None = None, *, cache: bool = False
+        self,
+        turns: list[str],
+        label: str = "replay",
+        context_size: int | None = None,
+        *,
+        cache: bool = False,
+        token_delay_s: float = 0.0,
     ):
         self.label = label
+        self.token_delay_s = token_delay_s
         self.turns = list(turns)
         self.context_size = context_size
         self.cache = cache
@@ -71,7 +88,8 @@ class ReplayBackend:
 
     @classmethod
     def from_file(cls, path: Path) -> ReplayBackend:
-        return cls(parse_script(path), label=f"replay:{path}")
+        turns, delay = read_script(path)
+        return cls(turns, label=f"replay:{path}", token_delay_s=delay)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         words = sum(len(m.text.split()) for m in request.messages)
@@ -92,6 +110,8 @@ class ReplayBackend:
             if len(pieces) > request.max_tokens:
                 pieces, reason = pieces[: request.max_tokens], "length"
             for piece in pieces:
+                if self.token_delay_s:
+                    time.sleep(self.token_delay_s)
                 yield TextDelta(piece)
             yield Finished(reason=reason, usage=self._usage(request, pieces))
 

@@ -34,6 +34,55 @@ def read_image_bytes(path: str | Path, *, max_bytes: int) -> bytes:
     return read_regular(path, max_bytes, what="image", error=ImageNotFoundError, too_large=ImageTooLargeError)
 
 
+def load_images(inputs: list[str | bytes], limits) -> list[ImagePart]:
+    """Images from file paths, `data:image/...;base64,...` URIs and raw bytes (a protocol request's), within
+    `limits` (ImageSettings): every input read first, then the request's pixel budget, then decoding."""
+    sources = []
+    for number, item in enumerate(inputs, 1):
+        if isinstance(item, bytes):
+            sources.append((f"<image {number}>", item))
+        elif item.startswith("data:"):
+            sources.append((f"<image {number}>", data_uri_bytes(item, max_bytes=limits.max_bytes)))
+        else:
+            sources.append((display_name(item), read_image_bytes(item, max_bytes=limits.max_bytes)))
+    return decode_all(sources, limits)
+
+
+def decode_all(sources: list[tuple[str, bytes]], limits) -> list[ImagePart]:
+    """(name, bytes) pairs decoded, after the pixel budget of all of them together is checked from headers."""
+    check_request([header_pixels(data, name) for name, data in sources], limits.max_total_pixels)
+    images = []
+    while sources:  # popped, so that each file's encoded bytes are freed once it is decoded
+        name, data = sources.pop(0)
+        images.append(
+            decode_image(
+                data,
+                source=name,
+                max_bytes=limits.max_bytes,
+                max_pixels=limits.max_pixels,
+                max_kept_pixels=limits.max_kept_pixels,
+            )
+        )
+    return images
+
+
+def data_uri_bytes(uri: str, *, max_bytes: int) -> bytes:
+    """The bytes of a base64 `data:` URI; its size is checked before decoding, its media type is not trusted
+    (decoding says what the bytes are)."""
+    import base64
+    import binascii
+
+    header, comma, payload = uri.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise ImageDecodeError("an image data URI must look like data:image/png;base64,<base64 data>")
+    if len(payload) // 4 * 3 > max_bytes + 3:
+        raise ImageTooLargeError(f"an image data URI of {len(payload):,} characters exceeds {max_bytes:,} bytes")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageDecodeError("an image data URI whose data is not valid base64") from None
+
+
 def header_pixels(data: bytes, source: str) -> int:
     """Width × height from the image header alone (0 when it is not an image: decoding will say so)."""
     from PIL import Image

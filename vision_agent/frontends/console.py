@@ -41,12 +41,12 @@ CANCEL_GRACE_S = 0.8
 
 def ask(args: argparse.Namespace, settings: Settings) -> int:
     """One turn through a Session: a new conversation, or the one -c / --cid names; the answer rendered."""
-    from vision_agent.tooling import apply_tool_flags
+    from vision_agent.frontends.cli.ask import apply_run_flags
 
     images = load_attachments(args.attach, settings)  # before the model loads: bad input fails fast
     stdin_used = "-" in args.attach
     prompt = read_prompt(args.prompt, stdin_taken=stdin_used)
-    settings.tools = apply_tool_flags(settings.tools, args.tools, args.no_tools, args.tool_policy or [])
+    apply_run_flags(args, settings)
     conversation = which_conversation(settings, latest=args.continue_conversation, ref=args.cid)
     interactive = not args.json and not stdin_used and sys.stdin.isatty() and sys.stderr.isatty()
     approver = terminal_approver() if interactive else None
@@ -89,7 +89,7 @@ def which_conversation(settings: Settings, *, latest: bool, ref: str | None) -> 
 
 def load_attachments(paths: list[str], settings: Settings) -> list[ImagePart]:
     """Every attachment's bytes, then the request's pixel budget from their headers, then decoding."""
-    from vision_agent.core.images import check_request, decode_image, display_name, header_pixels, read_image_bytes
+    from vision_agent.core.images import decode_all, display_name, read_image_bytes
 
     limits = settings.images
     if paths.count("-") > 1:
@@ -100,20 +100,7 @@ def load_attachments(paths: list[str], settings: Settings) -> list[ImagePart]:
             sources.append(("<stdin>", sys.stdin.buffer.read(limits.max_bytes + 1)))
         else:
             sources.append((display_name(path), read_image_bytes(path, max_bytes=limits.max_bytes)))
-    check_request([header_pixels(data, name) for name, data in sources], limits.max_total_pixels)
-    images = []
-    while sources:  # popped, so that each file's encoded bytes are freed once it is decoded
-        name, data = sources.pop(0)
-        images.append(
-            decode_image(
-                data,
-                source=name,
-                max_bytes=limits.max_bytes,
-                max_pixels=limits.max_pixels,
-                max_kept_pixels=limits.max_kept_pixels,
-            )
-        )
-    return images
+    return decode_all(sources, limits)
 
 
 def read_prompt(prompt: str | None, *, stdin_taken: bool) -> str:

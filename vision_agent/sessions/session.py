@@ -98,11 +98,13 @@ class Session:
         images: list[ImagePart],
         *,
         conversation: str | None = None,
+        new_id: str | None = None,
         cancel: threading.Event | None = None,
         approver: Approver | None = None,
         overrides: dict | None = None,
     ) -> Iterator[Event]:
-        """One user turn in `conversation` (an id; None starts a new conversation titled from the prompt).
+        """One user turn in `conversation` (an id; None starts a new conversation titled from the prompt, with the
+        id `new_id` when that is given).
 
         Raises before the first event when the overrides are invalid or the conversation cannot be loaded.
         """
@@ -118,7 +120,7 @@ class Session:
         if conversation is None:
             history = Conversation()
             try:  # the store titles it from the prompt's first line
-                conversation = self.store.new_conversation(prompt, self.model, self.mmproj)
+                conversation = self.store.new_conversation(prompt, self.model, self.mmproj, new_id)
             except StoreError as exc:  # answer anyway; the run ends saying it was not saved
                 save_error = exc
         else:

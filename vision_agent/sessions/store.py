@@ -63,6 +63,7 @@ DB_NAME = "vision-agent.db"
 BUSY_TIMEOUT_S = 10.0
 MAX_SEARCH_WORDS = 32
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONVERSATION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Store:
@@ -203,10 +204,16 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def new_conversation(self, title: str, model: str, mmproj: str | None) -> str:
-        conversation_id = uuid.uuid4().hex
+    def new_conversation(self, title: str, model: str, mmproj: str | None, conversation_id: str | None = None) -> str:
+        """A new, empty conversation; its id is a new uuid (hex) unless the caller chose one of that shape."""
+        if conversation_id is None:
+            conversation_id = uuid.uuid4().hex
+        elif not _CONVERSATION_ID.match(conversation_id):
+            raise ConfigError(f"a conversation id must be 32 lowercase hex digits, not {make_title(conversation_id)!r}")
         now = time.time()
         with self._use() as db, self._transaction(db):
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
+                raise ConfigError(f"a conversation with the id {conversation_id} exists already")
             db.execute(
                 "INSERT INTO conversations (id, title, model, mmproj, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

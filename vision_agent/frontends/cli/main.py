@@ -10,7 +10,7 @@ import argparse
 import signal
 import sys
 
-from vision_agent.frontends.cli import ask, conversations, doctor, models, tool
+from vision_agent.frontends.cli import acp, ask, conversations, doctor, jsonl, models, tool
 
 EXIT_CODES_HELP = """exit codes:
   0 ok   1 internal error (a bug)   2 usage or config   3 no model   4 bad model file   5 mismatched model pair
@@ -19,7 +19,7 @@ EXIT_CODES_HELP = """exit codes:
   130 interrupted (SIGINT)   129 hang-up (SIGHUP)   143 terminated (SIGTERM)"""
 
 # The command modules, in the order --help lists them; each has `register(commands, common, model)`.
-COMMANDS = (ask, conversations, tool, doctor, models)
+COMMANDS = (ask, jsonl, acp, conversations, tool, doctor, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
