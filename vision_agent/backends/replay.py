@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Literal
@@ -109,9 +108,13 @@ class ReplayBackend:
             pieces = _PIECES.findall(text)
             if len(pieces) > request.max_tokens:
                 pieces, reason = pieces[: request.max_tokens], "length"
-            for piece in pieces:
+            cancel = request.cancel or threading.Event()
+            for number, piece in enumerate(pieces):
                 if self.token_delay_s:
-                    time.sleep(self.token_delay_s)
+                    cancel.wait(self.token_delay_s)
+                if cancel.is_set():  # as llama.cpp's loop does: the stream ends at the next token
+                    yield Finished(reason="cancelled", usage=self._usage(request, pieces[:number]))
+                    return
                 yield TextDelta(piece)
             yield Finished(reason=reason, usage=self._usage(request, pieces))
 

@@ -1,13 +1,73 @@
-"""`vision-agent jsonl` (placeholder: its helper replaces this file)."""
+"""`vision-agent jsonl`: its flags; the server is frontends.jsonl."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vision_agent.config import Settings
+
+DESCRIPTION = """Serve prompts as JSON lines: one request per line on stdin, events as JSON lines on stdout.
+The model loads once; the first line out is {"type":"ready",...}. Requests:
+  {"id":"r1","prompt":"...","images":["shot.png"],"conversation":"<id>"}   run a prompt (ends with one done)
+  {"id":"c1","cancel":"r1"}   {"id":"a1","approve":"<call_id>","allow":true}   {"id":"s1","status":true}
+  {"id":"q","shutdown":true}
+EOF on stdin finishes the queued prompts and exits 0. `--schema` prints the JSON Schema of every line."""
 
 
 def register(commands, common: argparse.ArgumentParser, model: argparse.ArgumentParser) -> None:
     from vision_agent.frontends.cli.ask import add_run_flags
+    from vision_agent.frontends.cli.main import EXIT_CODES_HELP
 
-    parser = commands.add_parser("jsonl", parents=[common, model], help="(to come)")
+    parser = commands.add_parser(
+        "jsonl",
+        parents=[common, model],
+        help="serve prompts as JSON lines on stdin/stdout (for scripts)",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_run_flags(parser)
-    parser.set_defaults(handler=lambda args, settings: 2)
+    server = parser.add_argument_group("server")
+    server.add_argument("--schema", action="store_true", help="print the JSON Schema of every line and exit")
+    server.add_argument("--queue", type=_positive, default=4, metavar="N", help="prompts that may wait (default: 4)")
+    server.add_argument(
+        "--approval-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds an approval_request waits for its answer before the call is refused (default: 60)",
+    )
+    server.add_argument(
+        "--max-line-bytes",
+        type=_positive,
+        default=64 * 2**20,
+        metavar="N",
+        help="longer input lines are skipped with an error (default: 64 MiB)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from vision_agent.frontends.cli.ask import apply_run_flags
+
+    if args.schema:
+        from vision_agent.frontends.jsonl.schema import print_schema
+
+        return print_schema()
+    if not 0 < args.approval_timeout <= 86_400:
+        from vision_agent.errors import ConfigError
+
+        raise ConfigError("--approval-timeout: give seconds between 0 and 86400")
+    apply_run_flags(args, settings)
+    from vision_agent.frontends.jsonl.server import serve
+
+    return serve(args, settings)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
