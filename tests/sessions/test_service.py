@@ -218,3 +218,32 @@ def test_image_inputs_are_bounded_before_decoding(tmp_path):
     assert [(i.width, i.height) for i in images] == [(64, 48), (8, 8)]
     with pytest.raises(ImageTooLargeError, match="per request"):
         load_images([png_bytes(size=(64, 64))] * 3, ImageSettings(max_total_pixels=64 * 64 * 2))
+
+
+def test_a_key_is_free_again_once_its_ending_is_delivered(service_for, tmp_path):
+    """A client that sends its next prompt with the same key as soon as it sees the done (or the error) is never
+    told the key is still in use, though the worker may still be winding the run down."""
+    service = service_for("Answer: one", "Answer: two", "Answer: three")
+    outcomes = []
+    finished = threading.Event()
+
+    def again(key):
+        def submit(_ending):
+            try:
+                service.submit(Collector().job(key, "next"))
+                outcomes.append("accepted")
+            except ConfigError as exc:
+                outcomes.append(str(exc))
+            finished.set()
+
+        return submit
+
+    failing = Job(key="a", prompt="x", images=[str(tmp_path / "missing.png")], emit=again("a"), fail=again("a"))
+    service.submit(failing)
+    assert finished.wait(30)
+    finished.clear()
+    on_done = again("b")
+    answered = Job(key="b", prompt="y", emit=lambda e: on_done(e) if isinstance(e, Done) else None, fail=on_done)
+    service.submit(answered)
+    assert finished.wait(30)
+    assert outcomes == ["accepted", "accepted"]

@@ -127,3 +127,55 @@ def read_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[by
 
 def _strip_cr(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
+
+
+MAX_DEPTH = 64  # JSON nesting refused beyond this (no request of ours needs more than a few levels)
+
+
+class BadLine(ValueError):
+    """An input line that is not JSON: invalid UTF-8, too deeply nested, or not parseable."""
+
+
+def loads_line(line: bytes) -> Any:
+    """The JSON value of one input line; BadLine with a one-line reason. NaN and Infinity are not JSON here, and
+    deep nesting is refused before the parser recurses into it."""
+    import json
+
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadLine(f"the line is not valid UTF-8 (byte {exc.start})") from None
+    if _too_deep(text):
+        raise BadLine(f"JSON nested deeper than {MAX_DEPTH}")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadLine(f"not JSON: {str(exc)[:200]}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(text: str) -> bool:
+    """Nesting deeper than MAX_DEPTH, counted outside strings."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False

@@ -54,6 +54,7 @@ class Job:
     overrides: dict | None = None  # Session.run's per-run settings
     approver: Callable[[ToolCall], bool] | None = None  # for tools whose policy is `ask`; runs in the worker
     cancel: threading.Event = field(default_factory=threading.Event)
+    ended: bool = field(default=False, init=False)  # its done was delivered
 
 
 class PromptService:
@@ -130,9 +131,17 @@ class PromptService:
     # -- the worker -----------------------------------------------------------------------------------------
 
     def _find(self, key: str) -> Job | None:
-        if self._running is not None and self._running.key == key:
-            return self._running
+        """The queued or running job with this key; a running one that delivered its done is over for its client
+        (the worker may still be saving state), so its key is free again."""
+        running = self._running
+        if running is not None and running.key == key and not running.ended:
+            return running
         return next((job for job in self._queue if job.key == key), None)
+
+    def _end(self, job: Job) -> None:
+        """The job's ending is about to be delivered: from then on its key may be used again."""
+        with self._lock:
+            job.ended = True
 
     def _work(self) -> None:
         while True:
@@ -150,11 +159,14 @@ class PromptService:
                     self._completed += 1
 
     def _run(self, job: Job) -> None:
+        from vision_agent.core.events import Done
+
         started = False
         try:
             images = load_image_inputs(job.images, self.session.settings)
             conversation = self.session.store.resolve(job.conversation) if job.conversation else None
             if job.cancel.is_set():  # cancelled while its images were read
+                self._end(job)
                 _deliver_cancelled(job)
                 return
             events = self.session.run(
@@ -168,15 +180,19 @@ class PromptService:
             )
             for event in events:
                 started = True
+                if isinstance(event, Done):
+                    self._end(job)
                 _deliver(job.emit, event)
         except VisionAgentError as exc:
             if not started:
+                self._end(job)
                 _deliver(job.fail, exc)
             else:  # a Session ends every run it started with a done; this is a bug, reported as one
                 log.error("a run failed after it started: %s", exc)
         except Exception as exc:
             log.debug("a prompt failed", exc_info=True)
             if not started:
+                self._end(job)
                 _deliver(job.fail, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
             else:
                 log.error("a run failed after it started: %s: %s", type(exc).__name__, exc)

@@ -29,15 +29,21 @@ def register(commands, common: argparse.ArgumentParser, model: argparse.Argument
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_flags(parser)
+    parser.add_argument("--schema", action="store_true", help="print the JSON Schema of every line and exit")
+    add_server_flags(parser, approval_timeout=60.0)
+    parser.set_defaults(handler=run)
+
+
+def add_server_flags(parser: argparse.ArgumentParser, *, approval_timeout: float) -> None:
+    """The queue, approval and line flags both servers (jsonl, acp) take."""
     server = parser.add_argument_group("server")
-    server.add_argument("--schema", action="store_true", help="print the JSON Schema of every line and exit")
     server.add_argument("--queue", type=_positive, default=4, metavar="N", help="prompts that may wait (default: 4)")
     server.add_argument(
         "--approval-timeout",
         type=float,
-        default=60.0,
+        default=approval_timeout,
         metavar="S",
-        help="seconds an approval_request waits for its answer before the call is refused (default: 60)",
+        help="seconds a tool approval waits for the client's answer before the call is refused (default: %(default)s)",
     )
     server.add_argument(
         "--max-line-bytes",
@@ -46,7 +52,13 @@ def register(commands, common: argparse.ArgumentParser, model: argparse.Argument
         metavar="N",
         help="longer input lines are skipped with an error (default: 64 MiB)",
     )
-    parser.set_defaults(handler=run)
+
+
+def check_server_flags(args: argparse.Namespace) -> None:
+    if not 0 < args.approval_timeout <= 86_400:
+        from vision_agent.errors import ConfigError
+
+        raise ConfigError("--approval-timeout: give seconds between 0 and 86400")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -56,10 +68,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from vision_agent.frontends.jsonl.schema import print_schema
 
         return print_schema()
-    if not 0 < args.approval_timeout <= 86_400:
-        from vision_agent.errors import ConfigError
-
-        raise ConfigError("--approval-timeout: give seconds between 0 and 86400")
+    check_server_flags(args)
     apply_run_flags(args, settings)
     from vision_agent.frontends.jsonl.server import serve
 

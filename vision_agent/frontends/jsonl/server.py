@@ -28,15 +28,13 @@ from vision_agent.frontends.jsonl.messages import (
     Status,
     StatusRequest,
 )
-from vision_agent.frontends.protocol_io import Oversized, ProtocolOut
+from vision_agent.frontends.protocol_io import BadLine, Oversized, ProtocolOut, loads_line
 
 if TYPE_CHECKING:
     from vision_agent.core.events import Event, ToolCall
     from vision_agent.sessions.service import Job, PromptService, Replies
 
 log = logging.getLogger(__name__)
-
-MAX_DEPTH = 64  # JSON nesting refused beyond this (no request needs more than 3)
 
 
 class JsonlServer:
@@ -78,17 +76,9 @@ class JsonlServer:
 
     def _parse(self, line: bytes) -> dict | None:
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self.error(None, "parse_error", f"the line is not valid UTF-8 (byte {exc.start})")
-            return None
-        if _too_deep(text):
-            self.error(None, "parse_error", f"JSON nested deeper than {MAX_DEPTH}")
-            return None
-        try:
-            data = json.loads(text, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
-            self.error(None, "parse_error", f"not JSON: {str(exc)[:200]}")
+            data = loads_line(line)
+        except BadLine as exc:
+            self.error(None, "parse_error", str(exc))
             return None
         if not isinstance(data, dict):
             self.error(None, "parse_error", f"a request is a JSON object, not {type(data).__name__}")
@@ -235,42 +225,11 @@ def _first_problem(exc: ValidationError) -> str:
     return f"{where}: {message}"[:300]
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _too_deep(text: str) -> bool:
-    """Nesting deeper than MAX_DEPTH, counted outside strings, before json.loads recurses into it."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return False
-    depth, in_string, escaped = 0, False, False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
 def serve(args, settings) -> int:
     """The command: claim stdout, load the model, answer lines until EOF, shutdown or a signal."""
-    import sys
-
     from vision_agent import __version__
-    from vision_agent.errors import EXIT_INTERRUPTED
     from vision_agent.frontends.jsonl.messages import Ready
-    from vision_agent.frontends.protocol_io import read_lines
+    from vision_agent.frontends.serving import serve_lines
     from vision_agent.sessions.service import PromptService, Replies
     from vision_agent.sessions.session import Session
 
@@ -282,44 +241,16 @@ def serve(args, settings) -> int:
         return exc.exit_code
     service = PromptService(session, max_queued=args.queue)
     server = JsonlServer(out, service, Replies(), args.approval_timeout)
-    code = 0
-    try:
-        tools = [tool.name for tool in session.registry.enabled()]
-        out.write_json(
-            Ready(
-                version=__version__,
-                model=session.model,
-                mmproj=session.mmproj,
-                tools=tools,
-                max_queued=args.queue,
-                approval_timeout_s=args.approval_timeout,
-                max_line_bytes=args.max_line_bytes,
-            )
+    tools = [tool.name for tool in session.registry.enabled()]
+    out.write_json(
+        Ready(
+            version=__version__,
+            model=session.model,
+            mmproj=session.mmproj,
+            tools=tools,
+            max_queued=args.queue,
+            approval_timeout_s=args.approval_timeout,
+            max_line_bytes=args.max_line_bytes,
         )
-        for line in read_lines(sys.stdin.buffer, args.max_line_bytes):
-            server.handle(line)
-            if server.stopping:
-                break
-        service.close()  # EOF: the queued prompts finish; shutdown: each ends with its cancelled done
-    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM/SIGHUP (main.Interrupted): cancel, flush, exit
-        code = 128 + exc.args[1] if len(exc.args) == 2 else EXIT_INTERRUPTED
-        _stop(service, out, code)
-    finally:
-        service.cancel_all()
-        if service.close(CLOSE_GRACE_S):
-            session.close()
-    return code
-
-
-CLOSE_GRACE_S = 2.0  # after a cancel, how long a run has to end with its own done
-
-
-def _stop(service, out: ProtocolOut, code: int) -> None:
-    from vision_agent.frontends.console import quit_now
-
-    try:
-        service.cancel_all()
-        if not service.close(CLOSE_GRACE_S):  # stuck in llama.cpp (an image encode): leave without it
-            quit_now(code)
-    except KeyboardInterrupt:  # a second signal: at once
-        quit_now(code)
+    )
+    return serve_lines(service, server.handle, max_line_bytes=args.max_line_bytes, stopping=lambda: server.stopping)
