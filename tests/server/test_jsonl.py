@@ -391,3 +391,16 @@ def test_schema_describes_every_line_without_a_model(env):
     assert schema["requests"]["prompt"]["additionalProperties"] is False
     assert set(schema["lines"]) == LINE_TYPES
     assert "done" in json.dumps(schema["events"]) and "busy" in schema["error_codes"]
+
+
+def test_eof_while_an_approval_waits_refuses_it_at_once(start, tmp_path):
+    model = replay_model(tmp_path, CALC, "Answer: refused then")
+    server = start("-m", model, "--tool-policy", "calculator=ask", "--approval-timeout", "600")
+    server.send({"id": "p", "prompt": "add"})
+    server.until(lambda x: x["type"] == "approval_request")
+    started = time.monotonic()
+    assert server.finish(60) == 0  # EOF: nobody can answer any more
+    assert time.monotonic() - started < 30  # not the 600 s of the approval timeout
+    result = next(x for x in server.seen if x["type"] == "tool_result")
+    assert result["ok"] is False and result["refused"]
+    assert server.seen[-1]["type"] == "done" and server.seen[-1]["status"] == "ok"

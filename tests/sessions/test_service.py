@@ -247,3 +247,17 @@ def test_a_key_is_free_again_once_its_ending_is_delivered(service_for, tmp_path)
     service.submit(answered)
     assert finished.wait(30)
     assert outcomes == ["accepted", "accepted"]
+
+
+def test_closed_replies_end_every_wait_at_once():
+    replies = Replies()
+    replies.expect("k")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(replies.wait("k", timeout=600)))
+    waiter.start()
+    time.sleep(0.1)
+    replies.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [None]
+    replies.expect("later")
+    assert replies.wait("later", timeout=600) is None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vision_agent.frontends.protocol_io import Oversized
-    from vision_agent.sessions.service import PromptService
+    from vision_agent.sessions.service import PromptService, Replies
 
 CLOSE_GRACE_S = 2.0  # after a cancel, how long a run has to end with its own done
 
@@ -21,6 +21,7 @@ def serve_lines(
     handle: Callable[[bytes | Oversized], None],
     *,
     max_line_bytes: int,
+    replies: Replies,
     stopping: Callable[[], bool] = lambda: False,
 ) -> int:
     from vision_agent.errors import EXIT_INTERRUPTED
@@ -32,6 +33,7 @@ def serve_lines(
             handle(line)
             if stopping():
                 break
+        replies.close()  # nobody can answer an approval any more: each waiting one is refused now
         service.close()  # EOF: the queued prompts finish; a shutdown: each ends with its cancelled done
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM/SIGHUP (cli.main.Interrupted carries its number)
         code = 128 + exc.args[1] if len(exc.args) == 2 else EXIT_INTERRUPTED

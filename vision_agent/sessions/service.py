@@ -226,6 +226,12 @@ class Replies:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._waiting: dict[str, list] = {}  # key -> [answered, value]
+        self._closed = False  # the client can answer no more (its input ended): every wait ends at once
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
 
     def expect(self, key: str) -> None:
         with self._lock:
@@ -249,7 +255,7 @@ class Replies:
                     if slot is None or slot[0]:
                         return slot[1] if slot else None
                     left = deadline - time.monotonic()
-                    if left <= 0 or (cancel is not None and cancel.is_set()):
+                    if left <= 0 or self._closed or (cancel is not None and cancel.is_set()):
                         return None
                     self._lock.wait(min(left, 0.05))  # short: a cancel is an Event, not a notify of ours
             finally:

@@ -22,5 +22,6 @@ def serve(args, settings) -> int:
         print(f"vision-agent: {safe_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     service = PromptService(session, max_queued=args.queue)
-    agent = AcpAgent(Connection(out), service, args.approval_timeout)
-    return serve_lines(service, agent.handle, max_line_bytes=args.max_line_bytes)
+    connection = Connection(out)
+    agent = AcpAgent(connection, service, args.approval_timeout)
+    return serve_lines(service, agent.handle, max_line_bytes=args.max_line_bytes, replies=connection.replies)

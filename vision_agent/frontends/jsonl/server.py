@@ -253,4 +253,10 @@ def serve(args, settings) -> int:
             max_line_bytes=args.max_line_bytes,
         )
     )
-    return serve_lines(service, server.handle, max_line_bytes=args.max_line_bytes, stopping=lambda: server.stopping)
+    return serve_lines(
+        service,
+        server.handle,
+        max_line_bytes=args.max_line_bytes,
+        replies=server.replies,
+        stopping=lambda: server.stopping,
+    )
